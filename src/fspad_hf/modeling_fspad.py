@@ -1,0 +1,252 @@
+"""The draft head: `FSPADDraftModel`, a `PreTrainedModel` built from the target's own layer class."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput
+
+from .binding import classes_for_config, decoder_of, output_logits, rotary_takes_layer_type, text_config_of, tokenizer_fingerprint
+from .configuration_fspad import FSPADConfig
+from .layers import FeatureFusion, LayerOutput, adapt_layer, recipe_for
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FSPADOutput(ModelOutput):
+    """Output of `FSPADDraftModel.forward`.
+
+    logits: `[B, T, V_draft]` draft logits from the predict half (None if not requested).
+    predict_hidden: `[B, T, H]` o_p, the logits source (equals `regress_hidden` without PAD).
+    regress_hidden: `[B, T, H]` o_r, the predicted next target feature (fed back when drafting).
+    past_key_values: the head's own KV cache, when one was passed.
+    """
+
+    logits: torch.Tensor | None = None
+    predict_hidden: torch.Tensor | None = None
+    regress_hidden: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+
+
+def causal_additive_mask(q_len: int, past_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`[1, 1, q_len, past_len + q_len]` additive mask: query i sees keys 0 .. past_len + i."""
+    k = torch.arange(past_len + q_len, device=device)
+    q = torch.arange(q_len, device=device) + past_len
+    allowed = k[None, :] <= q[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+
+
+class FSPADPreTrainedModel(PreTrainedModel):
+    config_class = FSPADConfig
+    base_model_prefix = "fspad"
+    main_input_name = "input_ids"
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only linear layers are (re)initialised; norms keep their class's own initial values (Gemma's
+        # RMSNorm stores `weight - 1`, so a generic "fill with ones" would be wrong).
+        if isinstance(module, nn.Linear):
+            std = (self.config.target_config or {}).get("initializer_range", 0.02)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+class FSPADDraftModel(FSPADPreTrainedModel):
+    """Feature-level draft head for speculative decoding (FSPAD, EAGLE-2 and PosS in one class).
+
+    Inputs at position t are the target feature `f_t` and the token `x_{t+1}`; the head predicts
+    `f_{t+1}` and the distribution of `x_{t+2}`. The target's embedding and LM head are used frozen
+    and are *not* part of this module's weights: call `bind_target(target)` (done automatically by
+    `from_target` and by `generate`).
+    """
+
+    def __init__(self, config: FSPADConfig):
+        super().__init__(config)
+        layer_cfg = config.build_target_text_config()
+        layer_cls, rotary_cls = classes_for_config(layer_cfg)
+        self.layer_config = layer_cfg
+        hidden, inter = config.hidden_size, config.intermediate_size
+        self.layers = nn.ModuleList(
+            adapt_layer(layer_cls(layer_cfg, layer_idx=i), hidden, config.partial_alignment)
+            for i in range(config.num_draft_layers)
+        )
+        norm_cls = type(self.layers[0].post_attention_layernorm)
+        eps = getattr(layer_cfg, "rms_norm_eps", 1e-6)
+        self.fusion = FeatureFusion(hidden, inter, config.feature_sampling, norm_factory=lambda: norm_cls(hidden, eps=eps))
+        self.rotary_emb = rotary_cls(config=layer_cfg)
+        self._rotary_per_layer_type = rotary_takes_layer_type(self.rotary_emb)
+        self._recipe = recipe_for(self.layers[0])
+        if config.draft_vocab_size is not None:
+            # d2t[i] = target id of draft id i (the reduced draft vocabulary); saved with the head.
+            self.register_buffer("d2t", torch.arange(config.draft_vocab_size, dtype=torch.long), persistent=True)
+        else:
+            self.d2t = None
+        self.__dict__["_bound"] = None  # target modules: used frozen, never registered nor saved
+        self.post_init()
+
+    # ------------------------------------------------------------------ target binding
+    @classmethod
+    def from_target(cls, target: PreTrainedModel, tokenizer=None, **config_overrides) -> FSPADDraftModel:
+        """A randomly initialised head sized for `target`, on its device and in its dtype."""
+        tcfg = text_config_of(target)
+        config = FSPADConfig(
+            target_config=tcfg.to_dict(),
+            target_name_or_path=getattr(target, "name_or_path", None) or None,
+            target_architecture=(getattr(target.config, "architectures", None) or [type(target).__name__])[0],
+            target_tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
+            **config_overrides,
+        )
+        config._attn_implementation = tcfg._attn_implementation or "sdpa"
+        head = cls(config)
+        head.to(device=target.device, dtype=target.dtype)
+        head.bind_target(target)
+        return head
+
+    def check_target(self, target: PreTrainedModel, tokenizer=None) -> None:
+        """Raise if the head cannot work with `target`; warn if it was trained for another model."""
+        cfg, tcfg = self.config, text_config_of(target)
+        if cfg.target_config is None:
+            raise ValueError("This head has no `target_config`; build it with FSPADDraftModel.from_target(target).")
+        mine = cfg.target_config
+        for key in ("hidden_size", "vocab_size"):
+            if mine.get(key) != getattr(tcfg, key, None):
+                raise ValueError(
+                    f"Head/target mismatch: the head was built for {key}={mine.get(key)} but the target "
+                    f"({type(target).__name__}) has {key}={getattr(tcfg, key, None)}. Use a head trained for this "
+                    "target, or create one with FSPADDraftModel.from_target(target)."
+                )
+        if mine.get("model_type") != tcfg.model_type:
+            raise ValueError(
+                f"Head/target mismatch: the head's layers are '{mine.get('model_type')}' layers, the target is "
+                f"'{tcfg.model_type}'. Use a head trained for this target."
+            )
+        if tokenizer is not None and cfg.target_tokenizer_fingerprint:
+            if tokenizer_fingerprint(tokenizer) != cfg.target_tokenizer_fingerprint:
+                raise ValueError(
+                    "Head/target mismatch: the tokenizer's vocabulary differs from the one the head was trained with "
+                    f"(fingerprint {tokenizer_fingerprint(tokenizer)} != {cfg.target_tokenizer_fingerprint})."
+                )
+        name = getattr(target, "name_or_path", None)
+        if cfg.target_name_or_path and name and name != cfg.target_name_or_path:
+            logger.warning(
+                "This head was trained for '%s' but is used with '%s'. Output stays lossless; acceptance may be low.",
+                cfg.target_name_or_path,
+                name,
+            )
+
+    def bind_target(self, target: PreTrainedModel, tokenizer=None) -> FSPADDraftModel:
+        """Use `target`'s frozen input embedding and LM head (checked for compatibility first)."""
+        self.check_target(target, tokenizer)
+        out = target.get_output_embeddings()
+        weight = out.weight if self.d2t is None else out.weight[self.d2t.to(out.weight.device)]
+        self.__dict__["_bound"] = {
+            "target_id": id(target),
+            "embed": target.get_input_embeddings(),
+            "lm_weight": weight.detach(),
+            "lm_bias": None if getattr(out, "bias", None) is None else out.bias.detach(),
+            "text_config": text_config_of(target),
+            "decoder": decoder_of(target),
+        }
+        return self
+
+    def bound_to(self, target: PreTrainedModel) -> bool:
+        return self._bound is not None and self._bound["target_id"] == id(target)
+
+    def _require_bound(self) -> dict:
+        if self._bound is None:
+            raise RuntimeError(
+                "This head is not bound to a target model: call head.bind_target(target) first "
+                "(generate() does it for you)."
+            )
+        return self._bound
+
+    def get_input_embeddings(self):
+        return None if self._bound is None else self._bound["embed"]
+
+    # ------------------------------------------------------------------ forward pieces
+    def embed(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self._require_bound()["embed"](input_ids).to(self.dtype)
+
+    def draft_logits(self, predict_hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over the draft vocabulary (the full target vocab, or the reduced one mapped by `d2t`)."""
+        b = self._require_bound()
+        weight = b["lm_weight"]
+        return output_logits(b["text_config"], weight, b["lm_bias"], predict_hidden.to(weight.dtype))
+
+    def position_embeddings(self, x: torch.Tensor, position_ids: torch.LongTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._rotary_per_layer_type:  # e.g. Gemma-3: draft layers are full-attention layers
+            return self.rotary_emb(x, position_ids, "full_attention")
+        return self.rotary_emb(x, position_ids)
+
+    def run_layer(
+        self,
+        layer_index: int,
+        fused: torch.Tensor,
+        position_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None,
+        past_key_values: Cache | None,
+    ) -> LayerOutput:
+        """One draft layer on fused inputs `[B, T, H]` (attention mask: additive float `[B|1, 1, T, S]`)."""
+        self.layer_config._attn_implementation = self.config._attn_implementation or "sdpa"
+        attn_kwargs = {
+            "position_embeddings": self.position_embeddings(fused, position_ids),
+            "attention_mask": attention_mask,
+            "past_key_values": past_key_values,
+            "position_ids": position_ids,
+        }
+        return self._recipe(self.layers[layer_index], fused, attn_kwargs, self.config.partial_alignment)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        hidden_states: torch.Tensor,
+        position_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        layer_index: int = 0,
+        cache_all_layers: bool = False,
+        return_logits: bool = True,
+        logits_to_keep: int = 0,
+        **kwargs,
+    ) -> FSPADOutput:
+        """Predict the next features and draft logits.
+
+        input_ids: `[B, T]` tokens `x_{t+1}`; hidden_states: `[B, T, H]` target (or fed-back) features `f_t`.
+        attention_mask: additive float mask `[B|1, 1, T, past + T]`; causal when None.
+        layer_index: which draft layer (PosS specialist) produces the output.
+        cache_all_layers: also run every other layer on the same inputs so that each specialist's KV
+            cache holds this context (used when the head consumes accepted target features).
+        logits_to_keep: compute logits only for the last `logits_to_keep` positions (0 = all).
+        """
+        fused = self.fusion(self.embed(input_ids), hidden_states.to(self.dtype))  # [B, T, H]
+        past_len = past_key_values.get_seq_length(layer_index) if past_key_values is not None else 0
+        if position_ids is None:
+            position_ids = torch.arange(past_len, past_len + fused.shape[1], device=fused.device)[None]
+        if attention_mask is None and fused.shape[1] > 1:
+            attention_mask = causal_additive_mask(fused.shape[1], past_len, fused.dtype, fused.device)
+        out = None
+        layers = range(len(self.layers)) if cache_all_layers else [layer_index]
+        for i in layers:
+            res = self.run_layer(i, fused, position_ids, attention_mask, past_key_values)
+            if i == layer_index:
+                out = res
+        logits = None
+        if return_logits:
+            hidden = out.predict if logits_to_keep == 0 else out.predict[:, -logits_to_keep:]
+            logits = self.draft_logits(hidden)
+        return FSPADOutput(
+            logits=logits, predict_hidden=out.predict, regress_hidden=out.regress, past_key_values=past_key_values
+        )
+
+
+__all__ = ["FSPADDraftModel", "FSPADPreTrainedModel", "FSPADOutput", "causal_additive_mask"]
