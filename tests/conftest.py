@@ -1,0 +1,108 @@
+"""Tiny randomly initialised targets and a test-only oracle drafter."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+import fspad_hf  # noqa: F401  (installs the generate() route)
+from fspad_hf.generation import run_tree_decoding
+from fspad_hf.tree import DraftTree, ancestor_mask
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP spin-waiting
+# makes them very slow; one thread keeps the suite fast and stable.
+torch.set_num_threads(1)
+
+COMMON = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    initializer_range=0.3,  # peaky distributions: no argmax near-ties in random models
+)
+
+ARCHS = {
+    "llama": (LlamaConfig, LlamaForCausalLM, {}),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
+    "mistral": (MistralConfig, MistralForCausalLM, {"sliding_window": 24}),
+    # Gemma-3: hybrid sliding/full layers, small window so long prompts exercise the sliding masks.
+    "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM, {"head_dim": 8, "sliding_window": 16, "layer_types": ["sliding_attention", "full_attention"]}),
+}
+
+
+def make_target(arch: str = "llama", seed: int = 0, attn: str = "sdpa", dtype=torch.float32, **overrides):
+    config_cls, model_cls, extra = ARCHS[arch]
+    torch.manual_seed(seed)
+    cfg = config_cls(**{**COMMON, **extra, **overrides})
+    cfg._attn_implementation = attn
+    model = model_cls(cfg).eval().to(dtype)
+    model.generation_config.pad_token_id = None
+    model.generation_config.eos_token_id = None
+    model.generation_config.bos_token_id = None
+    return model
+
+
+@pytest.fixture
+def llama():
+    return make_target("llama")
+
+
+class OracleDrafter:
+    """Proposes the target's own greedy continuation as the main branch of a tree, with distractor
+    siblings and children around it (test-only: long acceptances, full depth, EOS inside paths)."""
+
+    def __init__(self, reference: torch.LongTensor, depth: int, branch: int = 2, vocab: int = 96, seed: int = 0):
+        self.ref = reference[0]
+        self.depth = depth
+        self.branch = branch
+        self.vocab = vocab
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def update_candidate_strategy(self, input_ids, features, num_matches):
+        pass
+
+    def get_candidates(self, input_ids, max_depth=None) -> DraftTree:
+        cur = input_ids.shape[1]
+        chain = self.ref[cur : cur + self.depth].tolist()
+        tokens, parents, depth = [], [], []
+        parent = 0
+        for d, tok in enumerate(chain, start=1):
+            # distractors first, so the true child is not always the first sibling
+            others = [t for t in torch.randperm(self.vocab, generator=self.gen).tolist() if t != tok][: self.branch]
+            for o in others:
+                tokens.append(o); parents.append(parent); depth.append(d)
+                slot = len(tokens)
+                # a distractor child under the distractor
+                tokens.append((o + 1) % self.vocab); parents.append(slot); depth.append(d + 1)
+            tokens.append(tok); parents.append(parent); depth.append(d)
+            parent = len(tokens)
+        parents_t = torch.tensor(parents)
+        depth_t = torch.tensor(depth)
+        return DraftTree(
+            tokens=torch.tensor(tokens), parents=parents_t, depth=depth_t,
+            ancestors=ancestor_mask(parents_t, int(depth_t.max())),
+        )
+
+
+def oracle_generate(model, input_ids, logits_processor, stopping_criteria, generation_config,
+                    synced_gpus=False, streamer=None, oracle=None, **model_kwargs):
+    return run_tree_decoding(model, input_ids, oracle, logits_processor, stopping_criteria, generation_config, streamer)
+
+
+def generate_with_oracle(model, ids, oracle, **kwargs):
+    return model.generate(ids, custom_generate=functools.partial(oracle_generate, oracle=oracle), **kwargs)
