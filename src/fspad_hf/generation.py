@@ -30,13 +30,6 @@ logger = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- input checks
 def validate_request(model, input_ids: torch.LongTensor, generation_config: GenerationConfig, model_kwargs: dict) -> None:
     """Clear errors for what tree decoding does not support (each names the fix)."""
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(
-            f"FSPAD tree decoding supports batch size 1 only, got input_ids of shape {tuple(input_ids.shape)}. "
-            "Call generate() once per prompt, or drop assistant_model for batched plain generation."
-        )
-    if input_ids.shape[1] == 0:
-        raise ValueError("FSPAD tree decoding needs a non-empty prompt (input_ids has length 0).")
     if (generation_config.num_beams or 1) > 1:
         raise ValueError(
             f"FSPAD tree decoding does not support beam search (num_beams={generation_config.num_beams}); "
@@ -47,6 +40,13 @@ def validate_request(model, input_ids: torch.LongTensor, generation_config: Gene
             f"FSPAD tree decoding returns one sequence (num_return_sequences={generation_config.num_return_sequences}); "
             "call generate() several times with do_sample=True instead."
         )
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(
+            f"FSPAD tree decoding supports batch size 1 only, got input_ids of shape {tuple(input_ids.shape)}. "
+            "Call generate() once per prompt, or drop assistant_model for batched plain generation."
+        )
+    if input_ids.shape[1] == 0:
+        raise ValueError("FSPAD tree decoding needs a non-empty prompt (input_ids has length 0).")
     if generation_config.cache_implementation not in (None, "dynamic"):
         raise ValueError(
             f"FSPAD tree decoding needs a dynamic cache, got cache_implementation='{generation_config.cache_implementation}'. "
@@ -221,8 +221,7 @@ def tree_generate(
     if synced_gpus:
         raise ValueError("FSPAD tree decoding does not support synced_gpus (multi-GPU ZeRO-3 generation).")
     validate_request(model, input_ids, generation_config, model_kwargs)
-    if not draft_model.bound_to(model):
-        draft_model.bind_target(model)
+    draft_model.bind_target(model)  # cheap; re-checks the head against this target on every call
     device = next(model.parameters()).device
     if draft_model.device != device:
         logger.info("Moving the draft head to the target's device %s.", device)

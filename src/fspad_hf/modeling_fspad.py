@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
@@ -51,13 +52,18 @@ class FSPADPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
 
     def _init_weights(self, module: nn.Module) -> None:
-        # Only linear layers are (re)initialised; norms keep their class's own initial values (Gemma's
-        # RMSNorm stores `weight - 1`, so a generic "fill with ones" would be wrong).
+        # Linear layers get the target's initializer; norms keep their class's own initial values
+        # (Gemma's RMSNorm stores `weight - 1`, so a generic "fill with ones" would be wrong); rotary
+        # buffers (not saved) are recomputed by a fresh instance of the target's rotary class.
         if isinstance(module, nn.Linear):
             std = (self.config.target_config or {}).get("initializer_range", 0.02)
-            nn.init.normal_(module.weight, mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
-                nn.init.zeros_(module.bias)
+                init.zeros_(module.bias)
+        elif "RotaryEmbedding" in type(module).__name__:
+            fresh = type(module)(config=module.config)
+            for name, buffer in fresh.named_buffers(recurse=False):
+                init.copy_(getattr(module, name), buffer)
 
 
 class FSPADDraftModel(FSPADPreTrainedModel):
@@ -136,7 +142,9 @@ class FSPADDraftModel(FSPADPreTrainedModel):
                     f"(fingerprint {tokenizer_fingerprint(tokenizer)} != {cfg.target_tokenizer_fingerprint})."
                 )
         name = getattr(target, "name_or_path", None)
-        if cfg.target_name_or_path and name and name != cfg.target_name_or_path:
+        warned = self.__dict__.setdefault("_warned_targets", set())
+        if cfg.target_name_or_path and name and name != cfg.target_name_or_path and name not in warned:
+            warned.add(name)
             logger.warning(
                 "This head was trained for '%s' but is used with '%s'. Output stays lossless; acceptance may be low.",
                 cfg.target_name_or_path,
