@@ -22,7 +22,7 @@ _ORIGINAL = GenerationMixin.generate
 
 def _fspad_generate(self, *args, assistant_model=None, streamer=None, **kwargs):
     if not isinstance(assistant_model, FSPADDraftModel):
-        if any(k in kwargs for k in TREE_KWARGS):
+        if kwargs.get("custom_generate") is None and any(k in kwargs for k in TREE_KWARGS):
             raise ValueError(f"{TREE_KWARGS} are only valid with assistant_model=<FSPADDraftModel>.")
         return _ORIGINAL(self, *args, assistant_model=assistant_model, streamer=streamer, **kwargs)
     if kwargs.get("custom_generate") is not None:
