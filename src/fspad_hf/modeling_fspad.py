@@ -15,6 +15,8 @@ from transformers.utils import ModelOutput
 from .binding import classes_for_config, decoder_of, output_logits, rotary_takes_layer_type, text_config_of, tokenizer_fingerprint
 from .configuration_fspad import FSPADConfig
 from .layers import FeatureFusion, LayerOutput, adapt_layer, recipe_for
+from .losses import LossWeights, unrolled_objective
+from .tree import causal_additive_mask
 
 logger = logging.getLogger(__name__)
 
@@ -27,20 +29,15 @@ class FSPADOutput(ModelOutput):
     predict_hidden: `[B, T, H]` o_p, the logits source (equals `regress_hidden` without PAD).
     regress_hidden: `[B, T, H]` o_r, the predicted next target feature (fed back when drafting).
     past_key_values: the head's own KV cache, when one was passed.
+    loss / metrics: the training objective and its parts, when `loss_mask` was given.
     """
 
+    loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     predict_hidden: torch.Tensor | None = None
     regress_hidden: torch.Tensor | None = None
     past_key_values: Cache | None = None
-
-
-def causal_additive_mask(q_len: int, past_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """`[1, 1, q_len, past_len + q_len]` additive mask: query i sees keys 0 .. past_len + i."""
-    k = torch.arange(past_len + q_len, device=device)
-    q = torch.arange(q_len, device=device) + past_len
-    allowed = k[None, :] <= q[:, None]
-    return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
+    metrics: dict | None = None
 
 
 class FSPADPreTrainedModel(PreTrainedModel):
@@ -225,6 +222,9 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         cache_all_layers: bool = False,
         return_logits: bool = True,
         logits_to_keep: int = 0,
+        loss_mask: torch.Tensor | None = None,
+        unroll_steps: int = 1,
+        loss_weights: LossWeights | None = None,
         **kwargs,
     ) -> FSPADOutput:
         """Predict the next features and draft logits.
@@ -235,7 +235,14 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         cache_all_layers: also run every other layer on the same inputs so that each specialist's KV
             cache holds this context (used when the head consumes accepted target features).
         logits_to_keep: compute logits only for the last `logits_to_keep` positions (0 = all).
+        loss_mask: `[B, T]` assistant-token mask. When given, `hidden_states` are the target features of
+            `input_ids` (same positions) and the training objective is returned (see `losses.py`):
+            `unroll_steps` HASS steps (1 = teacher forcing), input-feature noise while training.
         """
+        if loss_mask is not None:
+            noise = self.config.feature_noise if self.training else 0.0
+            loss, metrics = unrolled_objective(self, input_ids, hidden_states, loss_mask, unroll_steps, loss_weights, noise)
+            return FSPADOutput(loss=loss, metrics=metrics)
         fused = self.fusion(self.embed(input_ids), hidden_states.to(self.dtype))  # [B, T, H]
         past_len = past_key_values.get_seq_length(layer_index) if past_key_values is not None else 0
         if position_ids is None:
@@ -257,4 +264,4 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         )
 
 
-__all__ = ["FSPADDraftModel", "FSPADPreTrainedModel", "FSPADOutput", "causal_additive_mask"]
+__all__ = ["FSPADDraftModel", "FSPADPreTrainedModel", "FSPADOutput"]

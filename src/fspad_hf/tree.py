@@ -133,7 +133,15 @@ def additive_mask(allowed: torch.BoolTensor, dtype: torch.dtype) -> torch.Tensor
     return out.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
+def causal_additive_mask(q_len: int, past_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """`[1, 1, q_len, past_len + q_len]` additive mask: query i sees keys 0 .. past_len + i."""
+    k = torch.arange(past_len + q_len, device=device)
+    q = torch.arange(q_len, device=device) + past_len
+    return additive_mask(k[None, :] <= q[:, None], dtype)
+
+
 __all__ = [
+    "causal_additive_mask",
     "DraftTree",
     "ancestor_mask",
     "root_to_leaf_paths",
