@@ -152,16 +152,38 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         """Use `target`'s frozen input embedding and LM head (checked for compatibility first)."""
         self.check_target(target, tokenizer)
         out = target.get_output_embeddings()
-        weight = out.weight if self.d2t is None else out.weight[self.d2t.to(out.weight.device)]
         self.__dict__["_bound"] = {
             "target_id": id(target),
             "embed": target.get_input_embeddings(),
-            "lm_weight": weight.detach(),
-            "lm_bias": None if getattr(out, "bias", None) is None else out.bias.detach(),
+            "lm_head": out,
             "text_config": text_config_of(target),
             "decoder": decoder_of(target),
         }
+        self._refresh_draft_lm_head()
         return self
+
+    def _refresh_draft_lm_head(self) -> None:
+        """Cache the (frozen) draft LM head: the target's rows for the draft vocabulary."""
+        out = self._bound["lm_head"]
+        weight = out.weight if self.d2t is None else out.weight[self.d2t.to(out.weight.device)]
+        bias = getattr(out, "bias", None)
+        if bias is not None and self.d2t is not None:
+            bias = bias[self.d2t.to(bias.device)]
+        self._bound["lm_weight"] = weight.detach()
+        self._bound["lm_bias"] = None if bias is None else bias.detach()
+
+    def set_draft_vocab(self, token_ids) -> None:
+        """Set the reduced draft vocabulary (target ids, e.g. from `trainer.select_draft_vocab`)."""
+        if self.d2t is None:
+            raise ValueError("This head has the full vocabulary; build it with draft_vocab_size=N to reduce it.")
+        ids = torch.as_tensor(token_ids, dtype=torch.long, device=self.d2t.device)
+        if ids.shape != self.d2t.shape or ids.unique().numel() != ids.numel():
+            raise ValueError(f"Expected {self.d2t.numel()} distinct target ids, got shape {tuple(ids.shape)}.")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size:
+            raise ValueError(f"Draft vocabulary ids must lie in [0, {self.config.vocab_size}).")
+        self.d2t.copy_(ids)
+        if self._bound is not None:
+            self._refresh_draft_lm_head()
 
     def bound_to(self, target: PreTrainedModel) -> bool:
         return self._bound is not None and self._bound["target_id"] == id(target)
@@ -264,4 +286,19 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         )
 
 
-__all__ = ["FSPADDraftModel", "FSPADPreTrainedModel", "FSPADOutput"]
+def unwrap_head(model) -> FSPADDraftModel:
+    """The FSPAD head inside a PEFT / DDP wrapper (or the model itself)."""
+    seen = model
+    for _ in range(4):
+        if isinstance(seen, FSPADDraftModel):
+            return seen
+        nxt = getattr(seen, "module", None)
+        if nxt is None and hasattr(seen, "get_base_model"):
+            nxt = seen.get_base_model()
+        if nxt is None:
+            break
+        seen = nxt
+    raise TypeError(f"Expected an FSPADDraftModel (possibly PEFT/DDP-wrapped), got {type(model).__name__}.")
+
+
+__all__ = ["FSPADDraftModel", "FSPADPreTrainedModel", "FSPADOutput", "unwrap_head"]

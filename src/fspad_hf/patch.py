@@ -14,14 +14,23 @@ import functools
 from transformers.generation.utils import GenerationMixin
 
 from .generation import tree_generate
-from .modeling_fspad import FSPADDraftModel
+from .modeling_fspad import FSPADDraftModel, unwrap_head
 
 TREE_KWARGS = ("tree_total_tokens", "tree_depth", "tree_top_k")
 _ORIGINAL = GenerationMixin.generate
 
 
+def _as_head(assistant_model) -> FSPADDraftModel | None:
+    """The FSPAD head behind `assistant_model` (also through a PEFT wrapper with live adapters)."""
+    try:
+        return unwrap_head(assistant_model) if assistant_model is not None else None
+    except TypeError:
+        return None
+
+
 def _fspad_generate(self, *args, assistant_model=None, streamer=None, **kwargs):
-    if not isinstance(assistant_model, FSPADDraftModel):
+    head = _as_head(assistant_model)
+    if head is None:
         if kwargs.get("custom_generate") is None and any(k in kwargs for k in TREE_KWARGS):
             raise ValueError(f"{TREE_KWARGS} are only valid with assistant_model=<FSPADDraftModel>.")
         return _ORIGINAL(self, *args, assistant_model=assistant_model, streamer=streamer, **kwargs)
@@ -30,7 +39,7 @@ def _fspad_generate(self, *args, assistant_model=None, streamer=None, **kwargs):
     if kwargs.get("prompt_lookup_num_tokens") is not None:
         raise ValueError("prompt_lookup_num_tokens cannot be combined with an FSPAD assistant_model.")
     tree_kwargs = {k: kwargs.pop(k) for k in TREE_KWARGS if k in kwargs}
-    decode = functools.partial(tree_generate, draft_model=assistant_model, **tree_kwargs)
+    decode = functools.partial(tree_generate, draft_model=head, **tree_kwargs)
     if streamer is not None:
         _put_prompt(streamer, args, kwargs)
         decode = functools.partial(decode, streamer=streamer)

@@ -1,0 +1,171 @@
+"""`FSPADTrainer`: a `transformers.Trainer` for partial alignment distillation (and EAGLE-2 / PosS).
+
+The trainer's model is the draft head; the frozen target only supplies features (online, inside the
+training step) or nothing at all (offline features precomputed with `fspad_hf.features`), plus its
+embedding and LM head, which the head uses frozen and never saves.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+
+from .data import collate_chat
+from .features import collate_features, target_features
+from .losses import LossWeights
+from .modeling_fspad import FSPADDraftModel, unwrap_head
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FSPADTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the draft-head objective. Defaults follow the papers' recipe where it
+    fits a CPU (AdamW betas 0.9/0.95, gradient clipping by value 0.5, linear warm-up)."""
+
+    unroll_steps: int = field(
+        default=1,
+        metadata={"help": "HASS unroll steps per batch (1 = teacher forcing only). PosS heads train each "
+                  "specialist on its draft positions: use num_draft_layers * positions_per_layer."},
+    )
+    eval_unroll_steps: int | None = field(
+        default=None, metadata={"help": "Draft positions evaluated at eval steps (default: the head's tree_depth)."}
+    )
+    feature_loss_weight: float = field(default=1.0, metadata={"help": "Weight of SmoothL1(o_r, f_{t+1})."})
+    logit_loss_weight: float = field(default=0.1, metadata={"help": "Weight of the soft cross-entropy on o_p."})
+    clip_grad_value: float | None = field(
+        default=0.5, metadata={"help": "Clip gradients by value before each optimizer step (None: off)."}
+    )
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the papers use 0.95)."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Norm clipping (off: value clipping is used)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep loss_mask/hidden_states columns."})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "Loggers (none by default)."})
+
+
+class ClipGradValueCallback(TrainerCallback):
+    """Clip the accumulated gradients by value right before the optimizer step."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        torch.nn.utils.clip_grad_value_([p for p in model.parameters() if p.grad is not None], self.value)
+
+
+class FSPADCollator:
+    """Right-pads chat examples (online features) or feature-shard examples (offline features)."""
+
+    def __init__(self, pad_token_id: int = 0):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, batch):
+        if "hidden_states" in batch[0]:
+            return collate_features(batch, self.pad_token_id)
+        return collate_chat(batch, self.pad_token_id)
+
+
+class FSPADTrainer(Trainer):
+    """Trainer whose model is an `FSPADDraftModel` (or a PEFT wrapper of one).
+
+    Args:
+        target: the frozen target LM. Needed for online features, and always for the frozen
+            embedding / LM head (the head is bound to it). Its weights are never trained nor saved.
+        Other arguments are `Trainer`'s. Batches hold `input_ids`, `loss_mask`, `attention_mask` and,
+        for offline features, `hidden_states`.
+    """
+
+    def __init__(self, model=None, args: FSPADTrainingArguments | None = None, target: PreTrainedModel | None = None, **kwargs):
+        if target is None:
+            raise ValueError("FSPADTrainer needs `target=` (the frozen target model) for its embedding and LM head.")
+        args = args or FSPADTrainingArguments(output_dir="fspad-head")
+        head = unwrap_head(model)
+        target.eval().requires_grad_(False)
+        head.bind_target(target)
+        self.target = target
+        kwargs.setdefault("data_collator", FSPADCollator(getattr(target.generation_config, "pad_token_id", None) or 0))
+        super().__init__(model=model, args=args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let Trainer average over accumulation
+        self._parts: dict[str, list[float]] = defaultdict(list)
+        if getattr(args, "clip_grad_value", None):
+            self.add_callback(ClipGradValueCallback(args.clip_grad_value))
+
+    # -------------------------------------------------------------------------------- loss
+    def _weights(self) -> LossWeights:
+        return LossWeights(feature=self.args.feature_loss_weight, logits=self.args.logit_loss_weight)
+
+    def _features(self, inputs) -> torch.Tensor:
+        if "hidden_states" in inputs:  # offline
+            return inputs["hidden_states"]
+        return target_features(self.target, inputs["input_ids"], inputs.get("attention_mask"))  # online
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = model(
+            input_ids=inputs["input_ids"],
+            hidden_states=self._features(inputs),
+            loss_mask=inputs["loss_mask"],
+            unroll_steps=self.args.unroll_steps,
+            loss_weights=self._weights(),
+        )
+        for name, value in out.metrics.items():
+            self._parts[name].append(float(value))
+        return (out.loss, out) if return_outputs else out.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._parts:
+            logs.update({name: round(sum(v) / len(v), 5) for name, v in self._parts.items()})
+            self._parts.clear()
+        super().log(logs, start_time)
+
+    # -------------------------------------------------------------------------------- eval
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Loss parts and per-position top-1 accuracy of a k-step unrolled draft (k = eval_unroll_steps)."""
+        head = unwrap_head(self.model)
+        steps = self.args.eval_unroll_steps or head.config.tree_depth
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, float] = defaultdict(float)
+        batches = 0
+        with torch.no_grad():
+            for inputs in dataloader:
+                inputs = self._prepare_inputs(inputs)
+                out = self.model(
+                    input_ids=inputs["input_ids"],
+                    hidden_states=self._features(inputs),
+                    loss_mask=inputs["loss_mask"],
+                    unroll_steps=steps,
+                    loss_weights=self._weights(),
+                )
+                sums["loss"] += float(out.loss) / steps
+                for name, value in out.metrics.items():
+                    sums[name] += float(value)
+                batches += 1
+        self.model.train(was_training)
+        metrics = {f"{metric_key_prefix}_{k}": v / max(batches, 1) for k, v in sums.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
+
+
+def select_draft_vocab(examples, size: int, vocab_size: int) -> torch.LongTensor:
+    """The `size` most frequent assistant-token ids (loss_mask == 1) of tokenised examples, sorted."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for ex in examples:
+        ids = torch.as_tensor(ex["input_ids"], dtype=torch.long)
+        mask = torch.as_tensor(ex["loss_mask"], dtype=torch.bool)
+        counts += torch.bincount(ids[mask], minlength=vocab_size)[:vocab_size]
+    size = min(size, vocab_size)
+    return torch.sort(torch.topk(counts, size).indices).values
+
+
+__all__ = [
+    "FSPADTrainer",
+    "FSPADTrainingArguments",
+    "FSPADCollator",
+    "ClipGradValueCallback",
+    "select_draft_vocab",
+]
