@@ -182,3 +182,19 @@ def test_two_process_training_with_accelerate(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world_size=2" in proc.stdout + proc.stderr
     assert (tmp_path / "head" / "model.safetensors").exists()
+
+
+def test_poss_specialists_initialised_from_single_layer_head(setup):
+    from fspad_hf.trainer import init_from_head
+
+    target, _, _ = setup
+    single = FSPADDraftModel.from_target(target)
+    poss = FSPADDraftModel.from_target(target, num_draft_layers=3, positions_per_layer=2)
+    init_from_head(poss, single)
+    for i in range(3):
+        for (n, p), (_, q) in zip(poss.layers[i].named_parameters(), single.layers[0].named_parameters()):
+            assert torch.equal(p, q), n
+    assert torch.equal(poss.fusion.fc.weight, single.fusion.fc.weight)
+    eagle = FSPADDraftModel.from_target(target, feature_sampling=False, partial_alignment=False)
+    with pytest.raises(ValueError, match="FS/PAD"):
+        init_from_head(poss, eagle)

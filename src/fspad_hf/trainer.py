@@ -43,7 +43,6 @@ class FSPADTrainingArguments(TrainingArguments):
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the papers use 0.95)."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Norm clipping (off: value clipping is used)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep loss_mask/hidden_states columns."})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "Loggers (none by default)."})
 
 
 class ClipGradValueCallback(TrainerCallback):
@@ -162,7 +161,28 @@ def select_draft_vocab(examples, size: int, vocab_size: int) -> torch.LongTensor
     return torch.sort(torch.topk(counts, size).indices).values
 
 
+def init_from_head(head: FSPADDraftModel, source: FSPADDraftModel) -> None:
+    """Copy a trained head into `head`; a 1-layer source initialises every PosS specialist (METHOD.md 3)."""
+    src, dst = source.state_dict(), head.state_dict()
+    replicate = source.config.num_draft_layers == 1
+    loaded = {}
+    for key, value in dst.items():
+        candidate = key
+        if key not in src and replicate and key.startswith("layers."):
+            candidate = "layers.0." + key.split(".", 2)[2]  # specialist i <- the single trained layer
+        if candidate in src and src[candidate].shape == value.shape:
+            loaded[key] = src[candidate]
+    missing = [k for k in dst if k not in loaded and "rotary_emb" not in k]
+    if missing:
+        raise ValueError(
+            f"Cannot initialise from {source.config.method_name} head: no matching weights for {missing[:4]}... "
+            "(FS/PAD switches and sizes must match the source head)."
+        )
+    head.load_state_dict(loaded, strict=False)
+
+
 __all__ = [
+    "init_from_head",
     "FSPADTrainer",
     "FSPADTrainingArguments",
     "FSPADCollator",

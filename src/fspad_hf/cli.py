@@ -1,0 +1,226 @@
+"""`fspad-hf` command line: prepare data, train heads (more subcommands are registered in COMMANDS).
+
+    fspad-hf prepare --target smollm2 --output_dir runs/smollm2-data --max_conversations 2000 --regenerate
+    fspad-hf train --target smollm2 --data runs/smollm2-data/distilled.jsonl --method fspad --output_dir runs/fspad
+    fspad-hf <command> --help    # every option, documented
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+logger = logging.getLogger("fspad_hf")
+
+METHOD_SWITCHES = {  # method name -> (feature_sampling, partial_alignment)
+    "eagle2": (False, False),
+    "fs": (True, False),
+    "pad": (False, True),
+    "fspad": (True, True),
+}
+
+
+@dataclass
+class TargetArguments:
+    target: str = field(default="smollm2", metadata={"help": "Registered target (smollm2, qwen-coder-0.5b, gemma3-270m) or a local model path."})
+    target_dtype: str = field(default="float32", metadata={"help": "Target dtype: float32 or bfloat16."})
+
+
+@dataclass
+class DataArguments:
+    data: str | None = field(default=None, metadata={"help": "Chat data (ShareGPT or OpenAI messages; .json/.jsonl). Default: the packaged ShareGPT V3."})
+    max_conversations: int | None = field(default=None, metadata={"help": "Read at most this many conversations."})
+    max_turns: int | None = field(default=None, metadata={"help": "Keep only the first N user turns of each conversation."})
+    max_length: int = field(default=1024, metadata={"help": "Truncate tokenised conversations to this many tokens."})
+    eval_fraction: float = field(default=0.02, metadata={"help": "Fraction of conversations held out for evaluation."})
+    features_dir: str | None = field(default=None, metadata={"help": "Offline features from `fspad-hf prepare --features` (default: online)."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of the train/eval split."})
+
+
+@dataclass
+class HeadArguments:
+    method: str = field(default="fspad", metadata={"help": "eagle2 | fs | pad | fspad (FS and PAD switches)."})
+    num_draft_layers: int = field(default=1, metadata={"help": "Draft layers; > 1 = PosS specialists."})
+    positions_per_layer: int = field(default=1, metadata={"help": "PosS-N: draft positions per specialist."})
+    init_from: str | None = field(default=None, metadata={"help": "Start from this head (fine-tune; a 1-layer head initialises all PosS specialists)."})
+    draft_vocab_size: int | None = field(default=None, metadata={"help": "Reduced draft vocabulary: the N most frequent assistant tokens."})
+    tree_total_tokens: int | None = field(default=None, metadata={"help": "Default tree size stored in the head config."})
+    tree_depth: int | None = field(default=None, metadata={"help": "Default tree depth stored in the head config."})
+    tree_top_k: int | None = field(default=None, metadata={"help": "Default tree top-k stored in the head config."})
+    lora_r: int = field(default=0, metadata={"help": "> 0: fine-tune `init_from` with LoRA adapters of this rank (peft)."})
+    lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,fc", metadata={"help": "Comma-separated module names for LoRA."})
+
+
+@dataclass
+class PrepareArguments:
+    output_dir: str = field(default="runs/data", metadata={"help": "Where distilled.jsonl and features/ are written."})
+    regenerate: bool = field(default=False, metadata={"help": "Self-distillation: regenerate assistant turns with the target."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Self-distillation: max tokens per regenerated answer."})
+    batch_size: int = field(default=8, metadata={"help": "Self-distillation batch size."})
+    do_sample: bool = field(default=False, metadata={"help": "Self-distillation: sample instead of greedy."})
+    max_prompt_tokens: int = field(default=1024, metadata={"help": "Self-distillation: skip prompts longer than this."})
+    features: bool = field(default=False, metadata={"help": "Precompute offline target features (safetensors shards)."})
+    features_dtype: str = field(default="bfloat16", metadata={"help": "Storage dtype of offline features."})
+    shard_size: int = field(default=256, metadata={"help": "Examples per feature shard."})
+
+
+def _parse(dataclasses, argv):
+    parser = HfArgumentParser(dataclasses)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _load_target(targs: TargetArguments):
+    from .targets import load_target
+
+    return load_target(targs.target, dtype=targs.target_dtype)
+
+
+def _conversations(dargs: DataArguments):
+    from .data import load_conversations
+
+    convs, stats = load_conversations(dargs.data, max_conversations=dargs.max_conversations)
+    if not convs:
+        raise SystemExit(f"No usable conversations in {dargs.data or 'the packaged ShareGPT file'} ({stats.summary()}).")
+    if dargs.max_turns:
+        convs = [_first_turns(c, dargs.max_turns) for c in convs]
+    return convs
+
+
+def _first_turns(messages: list[dict], n: int) -> list[dict]:
+    out, users = [], 0
+    for m in messages:
+        if m["role"] == "user":
+            users += 1
+            if users > n:
+                break
+        out.append(m)
+    return out
+
+
+def _tokenize(tokenizer, convs, max_length: int) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from .chat_masks import tokenize_conversation
+
+    examples = [tokenize_conversation(tokenizer, c, max_length) for c in tqdm(convs, desc="tokenise", mininterval=5)]
+    kept = [e for e in examples if sum(e["loss_mask"]) > 0]
+    if not kept:
+        raise SystemExit("No example has an assistant token after tokenisation: check the chat template and max_length.")
+    return kept
+
+
+# ------------------------------------------------------------------------------------ prepare
+def cmd_prepare(argv: list[str]) -> None:
+    """Chat data -> (optional) self-distilled JSONL -> (optional) offline feature shards."""
+    targs, dargs, pargs = _parse((TargetArguments, DataArguments, PrepareArguments), argv)
+    out = Path(pargs.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target, tokenizer = _load_target(targs)
+    convs = _conversations(dargs)
+    logger.info("%d conversations loaded", len(convs))
+    if pargs.regenerate:
+        from .distill import regenerate_conversations
+
+        path = regenerate_conversations(target, tokenizer, convs, out / "distilled.jsonl", max_new_tokens=pargs.max_new_tokens,
+                                        batch_size=pargs.batch_size, do_sample=pargs.do_sample,
+                                        max_prompt_tokens=pargs.max_prompt_tokens)
+        dargs.data, dargs.max_conversations, dargs.max_turns = str(path), None, None
+        convs = _conversations(dargs)
+    if pargs.features:
+        from .features import extract_features
+
+        examples = _tokenize(tokenizer, convs, dargs.max_length)
+        extract_features(target, examples, out / "features", shard_size=pargs.shard_size,
+                         dtype=getattr(torch, pargs.features_dtype))
+    logger.info("prepare done: %s", out)
+
+
+# ------------------------------------------------------------------------------------ train
+def _build_head(target, tokenizer, hargs: HeadArguments):
+    from .modeling_fspad import FSPADDraftModel
+    from .trainer import init_from_head
+
+    if hargs.method not in METHOD_SWITCHES:
+        raise SystemExit(f"--method must be one of {sorted(METHOD_SWITCHES)}, got {hargs.method!r}.")
+    fs, pad = METHOD_SWITCHES[hargs.method]
+    tree = {k: v for k, v in (("tree_total_tokens", hargs.tree_total_tokens), ("tree_depth", hargs.tree_depth),
+                              ("tree_top_k", hargs.tree_top_k)) if v is not None}
+    if hargs.init_from and hargs.lora_r > 0:
+        head = FSPADDraftModel.from_pretrained(hargs.init_from).to(target.device)
+        head.bind_target(target, tokenizer)
+        return head
+    head = FSPADDraftModel.from_target(target, tokenizer, feature_sampling=fs, partial_alignment=pad,
+                                       num_draft_layers=hargs.num_draft_layers, positions_per_layer=hargs.positions_per_layer,
+                                       draft_vocab_size=hargs.draft_vocab_size, **tree)
+    if hargs.init_from:
+        init_from_head(head, FSPADDraftModel.from_pretrained(hargs.init_from))
+    return head
+
+
+def cmd_train(argv: list[str]) -> None:
+    """Train (or fine-tune) a draft head with FSPADTrainer; every TrainingArguments option applies."""
+    from .data import ChatDataset
+    from .features import OfflineFeatureDataset
+    from .trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
+
+    targs, dargs, hargs, args = _parse((TargetArguments, DataArguments, HeadArguments, FSPADTrainingArguments), argv)
+    target, tokenizer = _load_target(targs)
+    if dargs.features_dir:
+        dataset = OfflineFeatureDataset(dargs.features_dir)
+        examples = None
+    else:
+        examples = _tokenize(tokenizer, _conversations(dargs), dargs.max_length)
+        random.Random(dargs.split_seed).shuffle(examples)
+        dataset = ChatDataset(examples)
+    n_eval = int(len(dataset) * dargs.eval_fraction)
+    train_set = torch.utils.data.Subset(dataset, range(n_eval, len(dataset)))
+    eval_set = torch.utils.data.Subset(dataset, range(n_eval)) if n_eval else None
+    head = _build_head(target, tokenizer, hargs)
+    if hargs.draft_vocab_size and not hargs.init_from:
+        source = examples if examples is not None else (dataset[i] for i in range(len(dataset)))
+        head.set_draft_vocab(select_draft_vocab(source, hargs.draft_vocab_size, head.config.vocab_size))
+    model = head
+    if hargs.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(head, LoraConfig(r=hargs.lora_r, lora_alpha=2 * hargs.lora_r,
+                                                target_modules=hargs.lora_target_modules.split(",")))
+    logger.info("training %s head (%d trainable parameters) on %d examples", head.config.method_name,
+                sum(p.numel() for p in model.parameters() if p.requires_grad), len(train_set))
+    trainer = FSPADTrainer(model=model, args=args, target=target, train_dataset=train_set, eval_dataset=eval_set)
+    last = args.resume_from_checkpoint
+    if last is None and Path(args.output_dir).is_dir() and any(Path(args.output_dir).glob("checkpoint-*")):
+        last = True  # a killed run resumes from its last checkpoint
+    trainer.train(resume_from_checkpoint=last)
+    final = Path(args.output_dir) / "final"
+    (model.merge_and_unload() if hargs.lora_r > 0 else model).save_pretrained(final)
+    if eval_set is not None:
+        trainer.evaluate()
+    logger.info("saved the trained head to %s", final)
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train}
+
+
+def register(name: str, fn) -> None:
+    COMMANDS[name] = fn
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(__doc__.strip())
+        print("\ncommands:", ", ".join(sorted(COMMANDS)))
+        raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
+    COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    main()
