@@ -205,7 +205,118 @@ def cmd_train(argv: list[str]) -> None:
     logger.info("saved the trained head to %s", final)
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train}
+# ------------------------------------------------------------------------------------ bench / demo
+def _bench_parser():
+    import argparse
+
+    p = argparse.ArgumentParser(prog="fspad-hf bench", description="Plain generate() vs prompt lookup vs draft heads, one run.")
+    p.add_argument("--target", default="smollm2", help="smollm2, qwen-coder-0.5b, gemma3-270m, or a model path")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of every method")
+    p.add_argument("--head", action="append", default=[], metavar="[NAME=]PATH",
+                   help="a draft head (repeat for several); NAME defaults to the folder name; 'shipped' = bundled heads")
+    p.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl", help="Spec-Bench-format JSONL")
+    p.add_argument("--per_category", type=int, default=None, help="first N questions of each category")
+    p.add_argument("--categories", default=None, help="comma-separated categories to keep")
+    p.add_argument("--max_new_tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (identity to the baseline is checked)")
+    p.add_argument("--pld_tokens", type=int, default=10, help="prompt lookup candidates per step (0 = skip PLD)")
+    p.add_argument("--tree_total_tokens", type=int, default=None)
+    p.add_argument("--tree_depth", type=int, default=None)
+    p.add_argument("--tree_top_k", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--output", default="benchmarks/results/results.json", help="JSON path; .md table and plots beside it")
+    p.add_argument("--no_plots", action="store_true")
+    return p
+
+
+def _heads(specs: list[str], target, tokenizer, dtype):
+    from .hub import shipped_heads
+    from .modeling_fspad import FSPADDraftModel
+
+    heads = {}
+    for spec in specs:
+        if spec == "shipped":
+            heads.update({name: path for name, path in shipped_heads(target).items()})
+            continue
+        name, _, path = spec.rpartition("=")
+        heads[name or Path(path).name] = path
+    loaded = {}
+    for name, path in heads.items():
+        head = FSPADDraftModel.from_pretrained(path).to(device=target.device, dtype=dtype)
+        head.bind_target(target, tokenizer)
+        loaded[name] = head
+    return loaded
+
+
+def cmd_bench(argv: list[str]) -> None:
+    """Benchmark methods on Spec-Bench questions; writes JSON, a Markdown table and plots."""
+    from .benchmark import Method, load_questions, plot, run_benchmark
+
+    a = _bench_parser().parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    target, tokenizer = _load_target(TargetArguments(a.target, a.dtype))
+    questions = load_questions(a.questions, a.per_category, a.categories.split(",") if a.categories else None)
+    tree = {k: v for k in ("tree_total_tokens", "tree_depth", "tree_top_k") if (v := getattr(a, k)) is not None}
+    methods = [Method("baseline")]
+    if a.pld_tokens:
+        methods.append(Method(f"pld-{a.pld_tokens}", {"prompt_lookup_num_tokens": a.pld_tokens}))
+    for name, head in _heads(a.head, target, tokenizer, getattr(torch, a.dtype)).items():
+        methods.append(Method(name, {"assistant_model": head, **tree}, head))
+    config = {"target": a.target, "dtype": a.dtype, "question_file": a.questions, "per_category": a.per_category,
+              "heads": a.head, "tree": tree}
+    summary = run_benchmark(target, tokenizer, methods, questions, a.output, a.max_new_tokens, a.temperature, config)
+    if not a.no_plots:
+        try:
+            plot(summary, Path(a.output).parent)
+        except ImportError:
+            logger.warning("matplotlib is not installed: no plots (pip install 'fspad-hf[plots]').")
+    print(Path(a.output).with_suffix(".md").read_text())
+
+
+def cmd_demo(argv: list[str]) -> None:
+    """Answer a prompt with the shipped FSPAD head (streamed), then compare speed with plain generate()."""
+    import argparse
+    import time
+
+    from transformers import TextStreamer
+
+    from .hub import shipped_heads
+
+    p = argparse.ArgumentParser(prog="fspad-hf demo", description=cmd_demo.__doc__)
+    p.add_argument("--target", default="smollm2")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--head", default=None, help="head folder (default: the shipped FSPAD head for the target)")
+    p.add_argument("--prompt", default="Write a short explanation of how a hash map works, with a Python example.")
+    p.add_argument("--max_new_tokens", type=int, default=200)
+    a = p.parse_args(argv)
+    target, tokenizer = _load_target(TargetArguments(a.target, a.dtype))
+    shipped = shipped_heads(target)
+    fspad = [p for n, p in shipped.items() if n.endswith("-fspad")]
+    path = a.head or (fspad[0] if fspad else next(iter(shipped.values()), None))
+    if path is None:
+        raise SystemExit(f"No shipped head for {a.target}; pass --head PATH (train one with `fspad-hf train`).")
+    head = _heads([f"head={path}"], target, tokenizer, getattr(torch, a.dtype))["head"]
+    from .benchmark import prompt_ids
+
+    ids = prompt_ids(tokenizer, [{"role": "user", "content": a.prompt}], target.device)
+    kw = dict(max_new_tokens=a.max_new_tokens, do_sample=False)
+    target.generate(ids, max_new_tokens=8)  # warm-up
+    t0 = time.perf_counter()
+    fast = target.generate(ids, assistant_model=head, streamer=TextStreamer(tokenizer, skip_prompt=True), **kw)
+    t_fast = time.perf_counter() - t0
+    tau = head.last_generation_stats.mean_accepted_length
+    t0 = time.perf_counter()
+    plain = target.generate(ids, **kw)
+    t_plain = time.perf_counter() - t0
+    n = fast.shape[1] - ids.shape[1]
+    print(f"\nwith {head.config.method_name} head: {n / t_fast:.1f} tokens/s (tau {tau:.2f}); "
+          f"plain generate(): {(plain.shape[1] - ids.shape[1]) / t_plain:.1f} tokens/s; "
+          f"speed-up {t_plain / t_fast * n / max(plain.shape[1] - ids.shape[1], 1):.2f}x; "
+          f"identical output: {torch.equal(fast, plain)} ({a.dtype})")
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "bench": cmd_bench, "demo": cmd_demo}
 
 
 def register(name: str, fn) -> None:

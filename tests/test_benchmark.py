@@ -1,0 +1,65 @@
+"""Benchmark runner: JSON layout, identity check, tau accounting, resume."""
+
+import json
+
+import torch
+
+from fspad_hf import FSPADDraftModel
+from fspad_hf.benchmark import Method, load_questions, markdown_table, run_benchmark
+from tests.conftest import make_target, tiny_chat_tokenizer
+
+
+def _questions(tmp_path):
+    rows = [
+        {"question_id": 1, "category": "writing", "turns": ["the fox", "and the dog?"]},
+        {"question_id": 2, "category": "writing", "turns": ["quick"]},
+        {"question_id": 3, "category": "qa", "turns": ["lazy dog"]},
+        {"question_id": 4, "category": "qa", "turns": ["brown"]},
+    ]
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_benchmark_layout_identity_and_resume(tmp_path):
+    tok = tiny_chat_tokenizer()
+    target = make_target("llama", seed=50, vocab_size=len(tok))
+    target.generation_config.eos_token_id = None
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=8, tree_depth=3, tree_top_k=3)
+    qs = load_questions(_questions(tmp_path), per_category=1)
+    assert [q["question_id"] for q in qs] == [1, 3]
+    qs = load_questions(_questions(tmp_path))
+    methods = [Method("baseline"), Method("pld", {"prompt_lookup_num_tokens": 3}), Method("fspad", {"assistant_model": head}, head)]
+    out = tmp_path / "res" / "results.json"
+    summary = run_benchmark(target, tok, methods, qs, out, max_new_tokens=12)
+    saved = json.loads(out.read_text())
+    assert set(saved["methods"]) == {"baseline", "pld", "fspad"}
+    for name, m in saved["methods"].items():
+        for part in [m["overall"], *m["per_category"].values()]:
+            assert {"tau", "speedup", "tokens_per_s", "identical_to_baseline"} <= set(part)
+            assert part["identical_to_baseline"] is True, name
+        assert set(m["per_category"]) == {"writing", "qa"}
+    assert saved["methods"]["baseline"]["overall"]["tau"] == 1.0
+    assert saved["methods"]["baseline"]["overall"]["speedup"] == 1.0
+    assert "acceptance_per_position" in saved["methods"]["fspad"]["overall"]
+    assert (out.with_suffix(".md")).read_text().startswith("| method |")
+    partial = out.with_suffix(".partial.jsonl")
+    lines = partial.read_text().splitlines()
+    assert len(lines) == 3 * 5  # 3 methods x (2 + 1 + 1 + 1) turns
+    # resume: keep the first question's records (+ a line cut by a kill); only the rest is recomputed
+    partial.write_text("\n".join(lines[:6]) + '\n{"method": "fspad", "quest')
+    calls = []
+    original = target.generate
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    target.generate = counting
+    again = run_benchmark(target, tok, methods, qs, out, max_new_tokens=12)
+    assert len(calls) == 3 + 3 * 3  # warm-ups + 3 methods x 3 remaining single-turn questions
+    assert again["methods"]["fspad"]["overall"]["new_tokens"] == summary["methods"]["fspad"]["overall"]["new_tokens"]
+    assert "| fspad |" in markdown_table(again)
+    # the cut line was dropped from the file, so a later resume still sees every record
+    assert all(json.loads(line) for line in partial.read_text().splitlines())
+    assert len(partial.read_text().splitlines()) == 15
