@@ -67,15 +67,18 @@ def position_mask(loss_mask: torch.Tensor) -> torch.Tensor:
     return shifted
 
 
-def step_terms(head, out, target_features, target_probs, mask, weights: LossWeights) -> tuple[torch.Tensor, dict]:
-    """Loss and metrics of one unroll step. out: LayerOutput with `[B, L, H]` halves."""
+def step_terms(head, predict, regress, target_features, target_probs, mask, weights: LossWeights) -> tuple[torch.Tensor, dict]:
+    """Loss and metrics of one unroll step over N selected positions.
+
+    predict / regress / target_features: `[N, H]`; target_probs: `[N, V]`; mask: `[N]` float (0 drops a row).
+    Only loss positions are passed in, so the LM head never runs on prompt tokens.
+    """
     denom = mask.sum().clamp_min(1.0)
-    reg = F.smooth_l1_loss(out.regress.float(), target_features.float(), reduction="none").mean(-1)  # [B, L]
+    reg = F.smooth_l1_loss(regress.float(), target_features.float(), reduction="none").mean(-1)  # [N]
     reg = (reg * mask).sum() / denom
-    log_q = torch.log_softmax(head.draft_logits(out.predict).float(), dim=-1)  # [B, L, V]
+    log_q = torch.log_softmax(head.draft_logits(predict).float(), dim=-1)  # [N, V]
     ce = (-(target_probs * log_q).sum(-1) * mask).sum() / denom
-    correct = (log_q.argmax(-1) == target_probs.argmax(-1)).float()
-    acc = (correct * mask).sum() / denom
+    acc = ((log_q.argmax(-1) == target_probs.argmax(-1)).float() * mask).sum() / denom
     loss = weights.feature * reg + weights.logits * ce
     return loss, {"feature_loss": reg.detach(), "logit_loss": ce.detach(), "acc": acc.detach(), "tokens": denom.detach()}
 
@@ -120,15 +123,16 @@ def unrolled_objective(
     Metrics are keyed `feature_loss_p{k}`, `logit_loss_p{k}`, `acc_p{k}` for draft position k = step + 1.
     """
     weights = weights or LossWeights()
-    target_features = features[:, 1:].to(head.dtype)  # f_{t+1}  # [B, L, H]
+    select = position_mask(loss_mask) > 0  # [B, L]: only these positions enter the loss
+    length = select.shape[1]
+    step_of_row = torch.arange(length, device=select.device).expand_as(select)[select]  # [N] position t per row
+    target_features = features[:, 1:].to(head.dtype)[select]  # f_{t+1}  # [N, H]
     with torch.no_grad():
-        target_probs = torch.softmax(head.draft_logits(target_features).float(), dim=-1)  # [B, L, V]
-    base_mask = position_mask(loss_mask)
+        target_probs = torch.softmax(head.draft_logits(target_features).float(), dim=-1)  # [N, V]
     total, metrics = 0.0, {}
     for k, out in enumerate(unrolled_outputs(head, input_ids, features, steps, noise)):
-        step_mask = base_mask.clone()
-        step_mask[:, :k] = 0  # positions t < k have no k-step draft history
-        loss, m = step_terms(head, out, target_features, target_probs, step_mask, weights)
+        row_mask = (step_of_row >= k).float()  # positions t < k have no k-step draft history
+        loss, m = step_terms(head, out.predict[select], out.regress[select], target_features, target_probs, row_mask, weights)
         total = total + loss
         metrics.update({f"{name}_p{k + 1}": value for name, value in m.items() if name != "tokens"})
     return total, metrics
