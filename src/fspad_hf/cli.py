@@ -34,7 +34,8 @@ class TargetArguments:
 
 @dataclass
 class DataArguments:
-    data: str | None = field(default=None, metadata={"help": "Chat data (ShareGPT or OpenAI messages; .json/.jsonl). Default: the packaged ShareGPT V3."})
+    data: str | None = field(default=None, metadata={"help": "Chat data (ShareGPT or OpenAI messages; .json/.jsonl); comma-separated "
+                             "sources are concatenated, each optionally `SOURCE:N` (first N); `sharegpt` = the packaged ShareGPT V3 (the default)."})
     max_conversations: int | None = field(default=None, metadata={"help": "Read at most this many conversations."})
     max_turns: int | None = field(default=None, metadata={"help": "Keep only the first N user turns of each conversation."})
     max_length: int = field(default=1024, metadata={"help": "Truncate tokenised conversations to this many tokens."})
@@ -84,12 +85,27 @@ def _load_target(targs: TargetArguments):
 def _conversations(dargs: DataArguments):
     from .data import load_conversations
 
-    convs, stats = load_conversations(dargs.data, max_conversations=dargs.max_conversations)
-    if not convs:
-        raise SystemExit(f"No usable conversations in {dargs.data or 'the packaged ShareGPT file'} ({stats.summary()}).")
+    convs = []
+    for source in (dargs.data or "sharegpt").split(","):
+        path, start, stop = _source_range(source, dargs.max_conversations)
+        got, stats = load_conversations(None if path == "sharegpt" else path, max_conversations=stop)
+        if not got[start:]:
+            raise SystemExit(f"No usable conversations in {source} ({stats.summary()}).")
+        convs.extend(got[start:])
     if dargs.max_turns:
         convs = [_first_turns(c, dargs.max_turns) for c in convs]
     return convs
+
+
+def _source_range(source: str, default_limit: int | None) -> tuple[str, int, int | None]:
+    """`path`, `path:N` (first N) or `path:A-B` (conversations A..B-1) -> (path, start, stop)."""
+    path, _, spec = source.rpartition(":")
+    if not path or not spec.replace("-", "").isdigit():
+        return source, 0, default_limit
+    if "-" in spec:
+        start, stop = (int(x) for x in spec.split("-", 1))
+        return path, start, stop
+    return path, 0, int(spec)
 
 
 def _first_turns(messages: list[dict], n: int) -> list[dict]:
