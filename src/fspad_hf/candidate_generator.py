@@ -79,7 +79,9 @@ class FSPADCandidateGenerator(CandidateGenerator):
         proc_fused: list[torch.Tensor] = []
         proc_level: list[torch.Tensor] = []
         proc_anc = torch.zeros(0, 0, dtype=torch.bool, device=idx.device)
-        proc_of_created = torch.full((1 + k + (depth - 1) * k * k,), -1, dtype=torch.long, device=idx.device)
+        # created-node index -> processed index (-1: never run); the extra last slot stays -1 so that
+        # the root's "parent" index -1 maps to -1 as well.
+        proc_of_created = torch.full((k + (depth - 1) * k * k + 1,), -1, dtype=torch.long, device=idx.device)
         layer_has = [0] * len(head.layers)  # processed nodes already in each layer's cache
 
         for level in range(1, depth):
@@ -115,7 +117,7 @@ class FSPADCandidateGenerator(CandidateGenerator):
             frontier_feat = new_reg[best // k]
             created += k * k
 
-        tree = select_tree(torch.cat(tokens), torch.cat(scores), torch.cat(parents), torch.cat(depths), s.total_tokens)
+        tree = select_tree(torch.cat(tokens), torch.cat(scores), torch.cat(parents), torch.cat(depths), s.total_tokens, depth)
         tree.tokens = self._to_target(tree.tokens, d2t)
         truncate_cache(self.cache, n)  # drop draft entries; accepted ones are re-encoded from true features
         return tree

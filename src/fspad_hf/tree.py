@@ -77,13 +77,14 @@ def select_tree(
     parents: torch.LongTensor,
     depth: torch.LongTensor,
     total_tokens: int,
+    max_depth: int | None = None,
 ) -> DraftTree:
     """Re-rank all created nodes and keep the `total_tokens` best as a tree (EAGLE-2 step 3).
 
     tokens/scores/parents/depth: `[N]` over created nodes in creation order (a parent is always
     created before its children); `parents` index created nodes, -1 = root. A child's cumulative
     log-probability never exceeds its parent's; ties are broken towards shallower nodes, so the kept
-    set is closed under ancestors.
+    set is closed under ancestors. `max_depth` (the deepest created level, if known) avoids a host sync.
     """
     n = tokens.shape[0]
     k = min(total_tokens, n)
@@ -99,7 +100,7 @@ def select_tree(
         tokens=tokens[kept],
         parents=new_parents,
         depth=kept_depth,
-        ancestors=ancestor_mask(new_parents, int(kept_depth.max()) if k else 0),
+        ancestors=ancestor_mask(new_parents, max_depth if max_depth is not None else (int(kept_depth.max()) if k else 0)),
         scores=scores[kept],
     )
 
