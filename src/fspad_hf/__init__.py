@@ -11,6 +11,7 @@ from .configuration_fspad import FSPADConfig
 from .candidate_generator import FSPADCandidateGenerator, TreeSettings
 from .generation import tree_generate
 from .modeling_fspad import FSPADDraftModel, FSPADOutput
+from . import hub as _hub  # noqa: F401  (installs head.push_to_hub = the full repo route)
 from .patch import install as _install_generate_route
 from .stats import GenerationStats
 

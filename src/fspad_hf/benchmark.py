@@ -156,18 +156,26 @@ def summarize(records: list[dict], method_names: list[str], greedy: bool) -> dic
     return result
 
 
-def _load_partial(path: Path) -> list[dict]:
+def _load_partial(path: Path, turns_of: dict) -> list[dict]:
+    """Records of questions recorded *whole* (all turns); cut lines and half-recorded questions are
+    dropped from the file (a kill can land between two turns' lines), so those questions are redone."""
     if not path.is_file():
         return []
-    records, lines = [], path.read_text(encoding="utf-8").splitlines()
-    for line in lines:
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
         try:
             records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: drop it (and anything after) and redo
-            logger.warning("dropping a truncated line in %s; that question is redone", path)
-            path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+        except json.JSONDecodeError:  # a line cut by a kill
             break
-    return records
+    counts = defaultdict(int)
+    for r in records:
+        counts[(r["method"], r["question_id"])] += 1
+    whole = [r for r in records if counts[(r["method"], r["question_id"])] == turns_of.get(r["question_id"])]
+    if len(whole) != len(records) or len(records) != len(path.read_text(encoding="utf-8").splitlines()):
+        logger.warning("%s: dropping %d records of half-recorded questions; they are redone", path,
+                       len(records) - len(whole))
+        path.write_text("".join(json.dumps(r) + "\n" for r in whole), encoding="utf-8")
+    return whole
 
 
 def run_benchmark(target, tokenizer, methods: list[Method], questions: list[dict], output: str | Path,
@@ -178,7 +186,7 @@ def run_benchmark(target, tokenizer, methods: list[Method], questions: list[dict
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_suffix(".partial.jsonl")
-    records = _load_partial(partial)
+    records = _load_partial(partial, {q["question_id"]: len(q["turns"]) for q in questions})
     done = {(r["method"], r["question_id"]) for r in records}
     greedy = temperature == 0.0
     gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": not greedy}

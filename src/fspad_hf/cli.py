@@ -210,9 +210,14 @@ def cmd_train(argv: list[str]) -> None:
     logger.info("training %s head (%d trainable parameters) on %d examples", head.config.method_name,
                 sum(p.numel() for p in model.parameters() if p.requires_grad), len(train_set))
     trainer = FSPADTrainer(model=model, args=args, target=target, train_dataset=train_set, eval_dataset=eval_set)
+    from .safety import last_complete_checkpoint
+
     last = args.resume_from_checkpoint
-    if last is None and Path(args.output_dir).is_dir() and any(Path(args.output_dir).glob("checkpoint-*")):
-        last = True  # a killed run resumes from its last checkpoint
+    if last is None:  # a killed run resumes from its last complete checkpoint
+        found = last_complete_checkpoint(args.output_dir)
+        last = str(found) if found else None
+        if last:
+            logger.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
     final = Path(args.output_dir) / "final"
     (model.merge_and_unload() if hargs.lora_r > 0 else model).save_pretrained(final)
@@ -332,7 +337,14 @@ def cmd_demo(argv: list[str]) -> None:
           f"identical output: {torch.equal(fast, plain)} ({a.dtype})")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "bench": cmd_bench, "demo": cmd_demo}
+def cmd_push(argv: list[str]) -> None:
+    """Publish a head repo (card, weights, custom_generate/), or write it locally with --dry_run."""
+    from .hub import cmd_push as push
+
+    push(argv)
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "bench": cmd_bench, "demo": cmd_demo, "push": cmd_push}
 
 
 def register(name: str, fn) -> None:

