@@ -1,0 +1,49 @@
+"""Turn a training checkpoint into a shipped head: bf16 weights, tuned tree defaults, filled model card.
+
+    python scripts/finalize_heads.py --checkpoint runs/smollm2-fspad/checkpoint-800 --name smollm2-fspad \
+        --benchmark benchmarks/results/smollm2-bf16.json --tree 12,4,4
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+import fspad_hf  # noqa: F401
+from fspad_hf import FSPADDraftModel
+from fspad_hf.hub import SHIPPED_DIR, build_model_card
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--name", required=True, help="folder name under src/fspad_hf/heads/")
+    p.add_argument("--benchmark", default=None, help="fspad-hf bench JSON for the card")
+    p.add_argument("--tree", default=None, help="total,depth,top_k defaults stored in the config")
+    p.add_argument("--data", default="self-distilled SmolLM2 answers to 283 ShareGPT prompts + raw ShareGPT first turns 2400-4399")
+    a = p.parse_args()
+    ckpt = Path(a.checkpoint)
+    head = FSPADDraftModel.from_pretrained(ckpt).to(torch.bfloat16)
+    if a.tree:
+        head.config.tree_total_tokens, head.config.tree_depth, head.config.tree_top_k = (int(x) for x in a.tree.split(","))
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    logs = [h for h in state["log_history"] if "loss" in h]
+    training = {
+        "data": a.data,
+        "max_steps": state["global_step"],
+        "learning_rate": 5e-4,
+        "per_device_train_batch_size": state.get("train_batch_size", 4),
+        "train_loss": logs[-1]["loss"] if logs else None,
+        "examples": state["global_step"] * state.get("train_batch_size", 4),
+        "seed": 0,
+        "hardware": "2 CPU cores, no GPU (command: scripts/smollm2_heads.sh train)",
+    }
+    out = SHIPPED_DIR / a.name
+    head.save_pretrained(out)
+    build_model_card(head, training, a.benchmark).save(out / "README.md")
+    print(f"wrote {out}: {sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB")
+
+
+if __name__ == "__main__":
+    main()
