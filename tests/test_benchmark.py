@@ -63,3 +63,19 @@ def test_benchmark_layout_identity_and_resume(tmp_path):
     # the cut line was dropped from the file, so a later resume still sees every record
     assert all(json.loads(line) for line in partial.read_text().splitlines())
     assert len(partial.read_text().splitlines()) == 15
+
+
+def test_plots_are_written(tmp_path):
+    import pytest
+
+    pytest.importorskip("matplotlib")
+    from fspad_hf.benchmark import plot
+
+    summary = {"methods": {
+        "baseline": {"overall": {"tau": 1.0}, "per_category": {"qa": {"speedup": 1.0, "tau": 1.0}}},
+        "fspad": {"overall": {"tau": 2.0, "acceptance_per_position": [0.7, 0.5, 0.3]},
+                  "per_category": {"qa": {"speedup": 1.5, "tau": 2.0}}},
+    }}
+    paths = plot(summary, tmp_path)
+    assert [p.name for p in paths] == ["speedup_per_category.png", "acceptance_per_position.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
