@@ -13,24 +13,14 @@ import tempfile
 
 import torch
 from peft import LoraConfig, get_peft_model
-from torch.utils.data import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import fspad_hf  # noqa: F401  (assistant_model=<head> route, also for PEFT-wrapped heads)
 from fspad_hf import FSPADDraftModel
+from fspad_hf.data import ChatDataset
+from fspad_hf.distill import greedy_continuations
 from fspad_hf.modeling_fspad import unwrap_head
 from fspad_hf.trainer import FSPADTrainer, FSPADTrainingArguments
-
-
-class Examples(Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
 
 
 def make_target():
@@ -43,12 +33,8 @@ def make_target():
 def self_distilled(target, n, prompt_len=8, new=40, seed=0):
     """The target's greedy continuations of random prompts; loss on the generated part only."""
     g = torch.Generator().manual_seed(seed)
-    items = []
-    for _ in range(n):
-        prompt = torch.randint(0, target.config.vocab_size, (1, prompt_len), generator=g)
-        ids = target.generate(prompt, max_new_tokens=new, do_sample=False)[0]
-        items.append({"input_ids": ids.tolist(), "loss_mask": [0] * prompt_len + [1] * (len(ids) - prompt_len)})
-    return items
+    prompts = [torch.randint(0, target.config.vocab_size, (1, prompt_len), generator=g) for _ in range(n)]
+    return greedy_continuations(target, prompts, new)
 
 
 def check(target, drafter, prompts, new=30):
@@ -87,7 +73,7 @@ def main():
     args = FSPADTrainingArguments(output_dir=out_dir, max_steps=a.max_steps, per_device_train_batch_size=8,
                                   learning_rate=1e-2, warmup_steps=4, logging_steps=max(1, a.max_steps // 4),
                                   save_strategy="no", seed=0, use_cpu=True, disable_tqdm=True, report_to=[])
-    FSPADTrainer(model=lora, args=args, target=target, train_dataset=Examples(train)).train()
+    FSPADTrainer(model=lora, args=args, target=target, train_dataset=ChatDataset(train)).train()
 
     tau_adapter = check(target, lora, prompts)  # generate with live adapters (PEFT wrapper as assistant_model)
     merged = lora.merge_and_unload()

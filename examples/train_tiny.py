@@ -12,11 +12,12 @@ import argparse
 import logging
 
 import torch
-from torch.utils.data import Dataset
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
+from fspad_hf.data import ChatDataset
+from fspad_hf.distill import greedy_continuations
 from fspad_hf.trainer import FSPADTrainer, FSPADTrainingArguments
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -29,17 +30,6 @@ METHODS = {  # name -> head config overrides, unroll steps
 }
 
 
-class Examples(Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
 def make_target(vocab=256):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -49,12 +39,8 @@ def make_target(vocab=256):
 
 def self_distilled(target, n, prompt_len=8, new=48, seed=0):
     g = torch.Generator().manual_seed(seed)
-    items = []
-    for _ in range(n):
-        prompt = torch.randint(0, target.config.vocab_size, (1, prompt_len), generator=g)
-        ids = target.generate(prompt, max_new_tokens=new, do_sample=False)[0]
-        items.append({"input_ids": ids.tolist(), "loss_mask": [0] * prompt_len + [1] * (len(ids) - prompt_len)})
-    return items
+    prompts = [torch.randint(0, target.config.vocab_size, (1, prompt_len), generator=g) for _ in range(n)]
+    return greedy_continuations(target, prompts, new)
 
 
 def mean_tau(target, head, items, prompt_len=8, new=40):
@@ -84,7 +70,7 @@ def main():
         warmup_steps=min(20, a.max_steps // 10), logging_steps=max(1, a.max_steps // 10), save_strategy="steps",
         save_steps=max(10, a.max_steps // 3), unroll_steps=unroll, seed=0, use_cpu=True, disable_tqdm=True,
     )
-    trainer = FSPADTrainer(model=head, args=args, target=target, train_dataset=Examples(train))
+    trainer = FSPADTrainer(model=head, args=args, target=target, train_dataset=ChatDataset(train))
     log.info("method=%s world_size=%d params=%d", a.method, args.world_size, sum(p.numel() for p in head.parameters()))
     before = mean_tau(target, head, held_out) if trainer.is_world_process_zero() else None
     trainer.train()

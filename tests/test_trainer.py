@@ -6,9 +6,10 @@ import sys
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from fspad_hf import FSPADDraftModel
+from fspad_hf.data import ChatDataset
+from fspad_hf.distill import greedy_continuations
 from fspad_hf.features import OfflineFeatureDataset, extract_features
 from fspad_hf.trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
 from tests.conftest import make_target
@@ -16,26 +17,10 @@ from tests.conftest import make_target
 VOCAB = 96
 
 
-class ListDataset(Dataset):
-    def __init__(self, items):
-        self.items = items
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        return self.items[i]
-
-
 def self_generated(target, n=48, prompt_len=6, new=40, seed=0):
     """The target's own greedy text after random prompts; loss only on the generated part."""
     g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        prompt = torch.randint(0, VOCAB, (1, prompt_len), generator=g)
-        ids = target.generate(prompt, max_new_tokens=new, do_sample=False)[0]
-        out.append({"input_ids": ids.tolist(), "loss_mask": [0] * prompt_len + [1] * new})
-    return out
+    return greedy_continuations(target, [torch.randint(0, VOCAB, (1, prompt_len), generator=g) for _ in range(n)], new)
 
 
 def mean_tau(target, head, examples, prompt_len=6, new=30):
@@ -64,7 +49,7 @@ def test_training_raises_acceptance(setup, tmp_path):
     target, train, held_out = setup
     head = FSPADDraftModel.from_target(target, tree_total_tokens=16, tree_depth=5, tree_top_k=4)
     before = mean_tau(target, head, held_out)
-    trainer = FSPADTrainer(model=head, args=args(tmp_path, max_steps=300), target=target, train_dataset=ListDataset(train))
+    trainer = FSPADTrainer(model=head, args=args(tmp_path, max_steps=300), target=target, train_dataset=ChatDataset(train))
     result = trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert {"feature_loss_p1", "logit_loss_p1", "acc_p1"} <= set(logs[-1])
@@ -82,7 +67,7 @@ def test_online_and_offline_features_give_same_loss(setup, tmp_path):
     head = FSPADDraftModel.from_target(target).eval()
     out_dir = extract_features(target, train[:8], tmp_path / "feats", shard_size=4, dtype=torch.float32)
     offline = OfflineFeatureDataset(out_dir)
-    trainer = FSPADTrainer(model=head, args=args(tmp_path), target=target, train_dataset=ListDataset(train[:8]))
+    trainer = FSPADTrainer(model=head, args=args(tmp_path), target=target, train_dataset=ChatDataset(train[:8]))
     collate = trainer.data_collator
     online_batch = collate([train[i] for i in range(8)])
     offline_batch = collate([offline[i] for i in range(8)])
@@ -96,7 +81,7 @@ def test_eval_reports_per_position_accuracy(setup, tmp_path):
     target, train, held_out = setup
     head = FSPADDraftModel.from_target(target, num_draft_layers=2, positions_per_layer=2, tree_depth=4)
     trainer = FSPADTrainer(model=head, args=args(tmp_path, max_steps=20, unroll_steps=3), target=target,
-                           train_dataset=ListDataset(train), eval_dataset=ListDataset(held_out))
+                           train_dataset=ChatDataset(train), eval_dataset=ChatDataset(held_out))
     trainer.train()
     metrics = trainer.evaluate()
     assert {"eval_acc_p1", "eval_acc_p2", "eval_acc_p3", "eval_acc_p4", "eval_loss"} <= set(metrics)
@@ -117,7 +102,7 @@ def test_resume_after_interruption_matches_uninterrupted(setup, tmp_path):
         torch.manual_seed(0)
         head = FSPADDraftModel.from_target(target)
         a = args(out, max_steps=40, save_strategy="steps", save_steps=10, logging_steps=5)
-        tr = FSPADTrainer(model=head, args=a, target=target, train_dataset=ListDataset(train), callbacks=list(callbacks))
+        tr = FSPADTrainer(model=head, args=a, target=target, train_dataset=ChatDataset(train), callbacks=list(callbacks))
         tr.train(resume_from_checkpoint=resume)
         return head, [h["loss"] for h in tr.state.log_history if "loss" in h]
 
@@ -138,7 +123,7 @@ def test_reduced_draft_vocab_trains_and_stays_lossless(setup, tmp_path):
     assert ids.shape == (32,) and torch.equal(ids, ids.sort().values)
     head = FSPADDraftModel.from_target(target, draft_vocab_size=32)
     head.set_draft_vocab(ids)
-    FSPADTrainer(model=head, args=args(tmp_path, max_steps=60), target=target, train_dataset=ListDataset(train)).train()
+    FSPADTrainer(model=head, args=args(tmp_path, max_steps=60), target=target, train_dataset=ChatDataset(train)).train()
     for ex in held_out[:4]:
         prompt = torch.tensor([ex["input_ids"][:6]])
         ref = target.generate(prompt, max_new_tokens=25, do_sample=False)
@@ -157,7 +142,7 @@ def test_peft_lora_finetune_generate_and_merge(setup, tmp_path):
     trainable = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert 0 < trainable < sum(p.numel() for p in head.parameters()) // 4
     FSPADTrainer(model=lora, args=args(tmp_path, max_steps=30, learning_rate=1e-2), target=target,
-                 train_dataset=ListDataset(train)).train()
+                 train_dataset=ChatDataset(train)).train()
     prompt = torch.tensor([held_out[0]["input_ids"][:6]])
     ref = target.generate(prompt, max_new_tokens=20, do_sample=False)
     assert torch.equal(target.generate(prompt, assistant_model=lora, max_new_tokens=20, do_sample=False), ref)

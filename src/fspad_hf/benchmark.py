@@ -275,6 +275,8 @@ def plot(summary: dict, out_dir: str | Path) -> list[Path]:
         acc = m["overall"].get("acceptance_per_position")
         if acc:
             ax.plot(range(1, len(acc) + 1), acc, marker="o", label=name)
+    width = max((len(m["overall"].get("acceptance_per_position") or []) for m in methods.values()), default=0)
+    ax.set_xticks(range(1, width + 1))
     ax.set_xlabel("draft position")
     ax.set_ylabel("acceptance rate")
     ax.set_ylim(0, 1)

@@ -28,7 +28,7 @@ from .chat_masks import assistant_char_spans, render_chat, special_token_ids
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DistillStats", "read_done_ids", "regenerate_conversations", "stop_token_ids"]
+__all__ = ["DistillStats", "read_done_ids", "regenerate_conversations", "stop_token_ids", "greedy_continuations"]
 
 _PROBE = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]
 
@@ -263,3 +263,15 @@ def _finish(conv: _Conversation, handle: Any, stats: DistillStats, progress: Any
     handle.write(json.dumps({"id": conv.id, "messages": messages}, ensure_ascii=False) + "\n")
     handle.flush()
     stats.written += 1
+
+
+@torch.no_grad()
+def greedy_continuations(target, prompts: Sequence[torch.LongTensor], max_new_tokens: int) -> list[dict[str, list[int]]]:
+    """Token-level self-distillation (no tokenizer or chat template needed): the target's greedy
+    continuation of each prompt `[1, P]`, as training examples with the loss on the continuation only."""
+    examples = []
+    for prompt in tqdm(prompts, desc="self-distil", disable=len(prompts) < 50):
+        ids = target.generate(prompt, max_new_tokens=max_new_tokens, do_sample=False)[0]
+        p = prompt.shape[1]
+        examples.append({"input_ids": ids.tolist(), "loss_mask": [0] * p + [1] * (ids.shape[0] - p)})
+    return examples

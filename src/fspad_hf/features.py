@@ -34,6 +34,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .binding import decoder_of, text_config_of
+from .safety import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +54,6 @@ def target_features(
     with torch.no_grad():
         out = decoder_of(target)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     return out.last_hidden_state  # [B, T, H]
-
-
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 16 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _weights_fingerprint(target: torch.nn.Module) -> str:
@@ -114,7 +106,7 @@ def shard_problem(out_dir: Path, entry: dict, check_hash: bool = True) -> str | 
         return "missing"
     if path.stat().st_size != entry["bytes"]:
         return f"size {path.stat().st_size} != {entry['bytes']}"
-    if check_hash and _sha256(path) != entry["sha256"]:
+    if check_hash and sha256_file(path) != entry["sha256"]:
         return "sha256 mismatch"
     return None
 
@@ -162,7 +154,7 @@ def _write_shard(out_dir: Path, index: int, start: int, end: int, tensors: dict[
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     return {"index": index, "file": path.name, "start": start, "end": end, "num_tokens": int(tensors["offsets"][-1]),
-            "bytes": path.stat().st_size, "sha256": _sha256(path)}
+            "bytes": path.stat().st_size, "sha256": sha256_file(path)}
 
 
 def _new_manifest(target: torch.nn.Module, examples: Sequence[dict], shard_size: int, dtype: torch.dtype) -> dict:

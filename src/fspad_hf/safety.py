@@ -9,6 +9,7 @@ a broken folder gives an error that names the file and the fix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -54,6 +55,15 @@ def check_safetensors_file(path: str | os.PathLike) -> None:
             f"The weights file {path} ({path.stat().st_size} bytes) is corrupt or truncated: {error}. "
             f"Download or copy it again. {_SAVE_HINT}"
         ) from error
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 16 MiB chunks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _read_json(path: Path) -> dict:

@@ -15,7 +15,6 @@ Cache layout (``cache_dir`` defaults to ``$FSPAD_HF_CACHE/targets`` or
 from __future__ import annotations
 
 import gc
-import hashlib
 import importlib.util
 import json
 import logging
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from .safety import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +125,6 @@ def _part_path(spec: TargetSpec, module: str, relpath: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def locate_gguf(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Path of a registered target's GGUF; split packages are concatenated into the cache once."""
     spec = get_spec(name)
@@ -157,7 +150,7 @@ def locate_gguf(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
                     shutil.copyfileobj(src, fh, 1 << 22)
         if tmp.stat().st_size != spec.size:
             raise OSError(f"assembled {tmp} has {tmp.stat().st_size} bytes, expected {spec.size}")
-        if spec.sha256 and _sha256(tmp) != spec.sha256:
+        if spec.sha256 and sha256_file(tmp) != spec.sha256:
             raise OSError(f"assembled GGUF of {spec.name!r} has the wrong sha256")
         tmp.chmod(0o644)  # mkstemp makes it private
         os.replace(tmp, out)
