@@ -183,3 +183,14 @@ def test_poss_specialists_initialised_from_single_layer_head(setup):
     eagle = FSPADDraftModel.from_target(target, feature_sampling=False, partial_alignment=False)
     with pytest.raises(ValueError, match="FS/PAD"):
         init_from_head(poss, eagle)
+
+
+def test_head_trained_with_bf16_mixed_precision_still_generates(tmp_path):
+    """accelerate wraps `forward` to return float32 under mixed precision: drafting must still work."""
+    target = make_target("llama", seed=41, dtype=torch.bfloat16)
+    head = FSPADDraftModel.from_target(target)
+    data = ChatDataset([{"input_ids": list(range(1, 20)), "loss_mask": [1] * 19}] * 4)
+    FSPADTrainer(model=head, args=args(tmp_path, max_steps=2, bf16=True), target=target, train_dataset=data).train()
+    prompt = torch.tensor([[1, 2, 3]])
+    out = target.generate(prompt, assistant_model=head, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] == 11
