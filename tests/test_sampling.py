@@ -4,10 +4,10 @@ import itertools
 
 import pytest
 import torch
-from scipy.stats import chisquare
 
 from fspad_hf import FSPADDraftModel
 from tests.conftest import make_target
+from tests.test_stress import chi_square_pvalue as _fit  # pooled chi-square, shared with the stress suite
 
 VOCAB = 5
 N_TOKENS = 3  # joint law of the first 3 new tokens: 125 outcomes
@@ -29,25 +29,6 @@ def exact_joint(target, prompt, temperature, top_p=None):
             p *= torch.softmax(scores, -1)[0, tok].item()
         probs[seq] = p
     return probs
-
-
-def _fit(counts, probs, n):
-    obs, exp = [], []
-    small_obs, small_exp = 0, 0.0
-    for seq, p in probs.items():  # pool rare outcomes so every expected count is >= 5
-        if p == 0.0:  # excluded by top-p: must never be produced
-            assert counts.get(seq, 0) == 0, f"impossible continuation {seq} was sampled"
-        elif p * n < 5:
-            small_obs += counts.get(seq, 0)
-            small_exp += p * n
-        else:
-            obs.append(counts.get(seq, 0))
-            exp.append(p * n)
-    if small_exp > 0:
-        obs.append(small_obs)
-        exp.append(small_exp)
-    total = sum(exp)  # float rounding: rescale so the sums agree exactly
-    return chisquare(obs, [e * sum(obs) / total for e in exp]).pvalue
 
 
 @pytest.mark.parametrize("temperature,top_p", [(1.0, None), (0.7, 0.8)])
