@@ -5,7 +5,8 @@ set -euo pipefail
 STEP=${1:-all}
 
 # 1. Self-distillation: SmolLM2 (bf16, greedy) answers the first user turn of ShareGPT conversations 0-2399.
-#    Session 1 stopped it after 283 conversations (data/smollm2/distilled.jsonl, committed).
+#    Session 1 stopped it after 666 conversations (data/smollm2/distilled.jsonl, committed; the shipped
+#    heads were trained when it held the first 283).
 if [[ $STEP == distill || $STEP == all ]]; then
   fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_conversations 2400 --max_turns 1 --regenerate \
     --batch_size 16 --max_new_tokens 256 --max_prompt_tokens 384 --output_dir runs/smollm2-data
