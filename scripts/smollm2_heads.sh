@@ -14,9 +14,9 @@ if [[ $STEP == distill || $STEP == all ]]; then
 fi
 
 # 2. Heads: identical data, steps, seed and schedule; only the method switches differ.
-#    Data = the self-distilled answers + raw ShareGPT first turns 2400-4399 (the head always learns the
+#    Data = the first $DISTILLED self-distilled answers (283 for the shipped heads) + raw ShareGPT first turns 2400-4399 (the head always learns the
 #    target's own distribution: its soft labels come from the target's features on that text).
-COMMON=(--target smollm2 --target_dtype bfloat16 --data data/smollm2/distilled.jsonl,sharegpt:2400-4400 --max_turns 1
+COMMON=(--target smollm2 --target_dtype bfloat16 --data data/smollm2/distilled.jsonl:${DISTILLED:-283},sharegpt:2400-4400 --max_turns 1
         --max_length 448 --draft_vocab_size 8192 --per_device_train_batch_size 4 --learning_rate 5e-4
         --lr_scheduler_type constant_with_warmup --warmup_steps 30 --max_steps ${MAX_STEPS:-2000} --save_steps 25
         --save_total_limit 3 --logging_steps 10 --eval_fraction 0.01 --seed 0 --use_cpu --bf16 --disable_tqdm true)
