@@ -15,6 +15,7 @@ from fspad_hf.features import (
     OfflineFeatureDataset,
     collate_features,
     extract_features,
+    load_feature_sets,
     read_manifest,
     target_features,
 )
@@ -239,6 +240,24 @@ def test_mismatched_manifest_is_an_error_naming_the_fix(llama, tmp_path):
     manifest = read_manifest(out)
     assert manifest["target"]["model_type"] == "qwen2" and manifest["num_examples"] == 3
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.safetensors", "shard-00001.safetensors"]
+
+
+def test_several_feature_sets_concatenate_and_are_checked_against_the_target(llama, tmp_path):
+    first, second = make_examples(3, seed=1), make_examples(4, seed=2)
+    a = extract_features(llama, first, tmp_path / "a", shard_size=2)
+    b = extract_features(llama, second, tmp_path / "b", shard_size=3)
+    both = load_feature_sets(f"{a}, {b}", llama)
+    assert len(both) == 7
+    for i, example in enumerate(first + second):
+        assert both[i]["input_ids"].tolist() == example["input_ids"]
+        assert torch.allclose(both[i]["hidden_states"].float(), fresh_features(llama, example["input_ids"]), atol=2e-2)
+    with pytest.raises(ValueError, match=r"different target.*re-extract"):
+        load_feature_sets(str(a), make_target("llama", seed=1))  # same shapes, other weights
+    c = extract_features(make_target("qwen2"), first, tmp_path / "c", shard_size=2)
+    with pytest.raises(ValueError, match="different targets"):
+        load_feature_sets([a, c])
+    with pytest.raises(ValueError, match="no feature directory"):
+        load_feature_sets(" , ")
 
 
 def test_invalid_examples_and_missing_manifest(llama, tmp_path):

@@ -40,7 +40,8 @@ class DataArguments:
     max_turns: int | None = field(default=None, metadata={"help": "Keep only the first N user turns of each conversation."})
     max_length: int = field(default=1024, metadata={"help": "Truncate tokenised conversations to this many tokens."})
     eval_fraction: float = field(default=0.02, metadata={"help": "Fraction of conversations held out for evaluation."})
-    features_dir: str | None = field(default=None, metadata={"help": "Offline features from `fspad-hf prepare --features` (default: online)."})
+    features_dir: str | None = field(default=None, metadata={
+        "help": "Offline features from `fspad-hf prepare --features` (default: online); comma-separate several directories."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the train/eval split."})
 
 
@@ -182,21 +183,24 @@ def _build_head(target, tokenizer, hargs: HeadArguments):
 def cmd_train(argv: list[str]) -> None:
     """Train (or fine-tune) a draft head with FSPADTrainer; every TrainingArguments option applies."""
     from .data import ChatDataset
-    from .features import OfflineFeatureDataset
+    from .features import load_feature_sets
     from .trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
 
     targs, dargs, hargs, args = _parse((TargetArguments, DataArguments, HeadArguments, FSPADTrainingArguments), argv)
     target, tokenizer = _load_target(targs)
     if dargs.features_dir:
-        dataset = OfflineFeatureDataset(dargs.features_dir)
+        dataset = load_feature_sets(dargs.features_dir, target)  # checked against this target
         examples = None
     else:
         examples = _tokenize(tokenizer, _conversations(dargs), dargs.max_length)
         random.Random(dargs.split_seed).shuffle(examples)
         dataset = ChatDataset(examples)
+    order = list(range(len(dataset)))
+    if examples is None:  # feature shards keep the data order: draw the eval split at random (chat data is shuffled above)
+        random.Random(dargs.split_seed).shuffle(order)
     n_eval = int(len(dataset) * dargs.eval_fraction)
-    train_set = torch.utils.data.Subset(dataset, range(n_eval, len(dataset)))
-    eval_set = torch.utils.data.Subset(dataset, range(n_eval)) if n_eval else None
+    train_set = torch.utils.data.Subset(dataset, order[n_eval:])
+    eval_set = torch.utils.data.Subset(dataset, order[:n_eval]) if n_eval else None
     head = _build_head(target, tokenizer, hargs)
     if hargs.draft_vocab_size and not hargs.init_from:
         source = examples if examples is not None else (dataset[i] for i in range(len(dataset)))

@@ -38,8 +38,8 @@ from .safety import sha256_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "OfflineFeatureDataset", "collate_features", "extract_features",
-           "read_manifest", "target_features"]
+__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "OfflineFeatureDataset", "check_features_target", "collate_features",
+           "extract_features", "load_feature_sets", "read_manifest", "target_features"]
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -378,3 +378,39 @@ def collate_features(batch: Sequence[dict[str, torch.Tensor]], pad_token_id: int
         attention_mask[row, :n] = 1
         hidden[row, :n] = item["hidden_states"]
     return {"input_ids": input_ids, "loss_mask": loss_mask, "attention_mask": attention_mask, "hidden_states": hidden}
+
+
+def check_features_target(manifest: dict, target: torch.nn.Module, where: str | os.PathLike = "features") -> None:
+    """Raise if offline features were extracted from another target than ``target``.
+
+    Compares model type, hidden size, vocabulary and the weights fingerprint (taken at bf16
+    resolution, so a float32 and a bfloat16 load of the same weights match).
+    """
+    cfg = text_config_of(target)
+    current = {"model_type": cfg.model_type, "hidden_size": int(cfg.hidden_size), "vocab_size": int(cfg.vocab_size),
+               "weights_fingerprint": _weights_fingerprint(target)}
+    stored = manifest.get("target", {})
+    diffs = [f"{k}: features {stored.get(k)!r} != target {v!r}" for k, v in current.items() if stored.get(k) != v]
+    if diffs:
+        raise ValueError(
+            f"{where} were extracted from a different target ({'; '.join(diffs)}). Train against the target "
+            "that produced them, or re-extract with `fspad-hf prepare --features --target ...`."
+        )
+
+
+def load_feature_sets(dirs: str | Sequence[str | os.PathLike], target: torch.nn.Module | None = None):
+    """One dataset over one or several feature directories (a comma-separated string or a list).
+
+    Every directory must be complete and come from the same target (checked against ``target`` when
+    given). Returns an :class:`OfflineFeatureDataset` or a ``ConcatDataset`` of them, in the given order.
+    """
+    paths = [p.strip() for p in dirs.split(",") if p.strip()] if isinstance(dirs, str) else list(dirs)
+    if not paths:
+        raise ValueError("no feature directory given")
+    sets = [OfflineFeatureDataset(p) for p in paths]
+    for path, ds in zip(paths, sets):
+        if target is not None:
+            check_features_target(ds.manifest, target, path)
+        elif ds.manifest["target"] != sets[0].manifest["target"]:
+            raise ValueError(f"{path} and {paths[0]} were extracted from different targets; use one target's features")
+    return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
