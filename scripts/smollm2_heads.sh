@@ -1,29 +1,66 @@
 #!/usr/bin/env bash
-# Exact commands that produced the SmolLM2-135M-Instruct heads (CPU, 2 cores). Each step resumes:
-# distillation skips conversations already in the JSONL, training resumes from its last checkpoint.
+# Exact commands behind the shipped SmolLM2-135M-Instruct heads (CPU, 2 cores, one core per job).
+# Every step resumes: distillation skips conversations already in the JSONL, feature extraction skips
+# complete shards, training resumes from its last complete checkpoint.
+#
+#   bash scripts/smollm2_heads.sh distill     # self-distillation (runs until stopped or 2400 prompts)
+#   bash scripts/smollm2_heads.sh features    # offline bf16 target features of the three data parts
+#   bash scripts/smollm2_heads.sh main        # EAGLE-2 and FSPAD heads (same data, steps, seed), in parallel
+#   bash scripts/smollm2_heads.sh ablation    # FS-only and PAD-only heads (same recipe, ABLATION_STEPS)
+#   bash scripts/smollm2_heads.sh poss        # PosS-2 head initialised from the FSPAD head, HASS-unrolled
+#
+# Session 2 budget (the shipped heads): distillation stopped at $DISTILLED answers; main heads 2400 steps
+# each at ~1 s/step; ablation 1000 steps each; PosS 600 unrolled steps (~3.5 s/step).
 set -euo pipefail
 STEP=${1:-all}
+DISTILLED=${DISTILLED:-1500}
+DATA=data/smollm2/distilled.jsonl
 
-# 1. Self-distillation: SmolLM2 (bf16, greedy) answers the first user turn of ShareGPT conversations 0-2399.
-#    Session 1 stopped it after 666 conversations (data/smollm2/distilled.jsonl, committed; the shipped
-#    heads were trained when it held the first 283).
-if [[ $STEP == distill || $STEP == all ]]; then
+# 1. Self-distillation: SmolLM2 (bf16, greedy) answers the first user turn of ShareGPT conversations 0-2399
+#    (never Spec-Bench). The committed JSONL holds what was distilled so far.
+if [[ $STEP == distill ]]; then
+  mkdir -p runs/smollm2-data && cp -n $DATA runs/smollm2-data/distilled.jsonl || true
   fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_conversations 2400 --max_turns 1 --regenerate \
     --batch_size 16 --max_new_tokens 256 --max_prompt_tokens 384 --output_dir runs/smollm2-data
-  cp runs/smollm2-data/distilled.jsonl data/smollm2/distilled.jsonl
+  cp runs/smollm2-data/distilled.jsonl $DATA
 fi
 
-# 2. Heads: identical data, steps, seed and schedule; only the method switches differ.
-#    Data = the first $DISTILLED self-distilled answers (283 for the shipped heads) + raw ShareGPT first turns 2400-4399 (the head always learns the
-#    target's own distribution: its soft labels come from the target's features on that text).
-COMMON=(--target smollm2 --target_dtype bfloat16 --data data/smollm2/distilled.jsonl:${DISTILLED:-283},sharegpt:2400-4400 --max_turns 1
-        --max_length 448 --draft_vocab_size 8192 --per_device_train_batch_size 4 --learning_rate 5e-4
-        --lr_scheduler_type constant_with_warmup --warmup_steps 30 --max_steps ${MAX_STEPS:-2000} --save_steps 25
-        --save_total_limit 3 --logging_steps 10 --eval_fraction 0.01 --seed 0 --use_cpu --bf16 --disable_tqdm true)
-if [[ $STEP == train || $STEP == all ]]; then
-  for method in ${METHODS:-fspad eagle2}; do
-    OMP_NUM_THREADS=1 fspad-hf train "${COMMON[@]}" --method "$method" --output_dir "runs/smollm2-$method" \
-      > "runs/train-smollm2-$method.log" 2>&1 &
-  done
+# 2. Offline features (bf16 target features, 448 tokens max): raw ShareGPT first turns 2400-4399 (the head
+#    still learns the target's own distribution: its soft labels come from the target's features) plus the
+#    self-distilled answers in two parts (the second part was distilled while the first was extracted).
+FEATS=runs/smollm2-feat-sharegpt/features,runs/smollm2-feat-distilled-a/features,runs/smollm2-feat-distilled-b/features
+if [[ $STEP == features ]]; then
+  PREP=(--target smollm2 --target_dtype bfloat16 --max_length 448 --features)
+  fspad-hf prepare "${PREP[@]}" --data sharegpt:2400-4400 --max_turns 1 --output_dir runs/smollm2-feat-sharegpt
+  fspad-hf prepare "${PREP[@]}" --data $DATA:0-1000 --output_dir runs/smollm2-feat-distilled-a
+  fspad-hf prepare "${PREP[@]}" --data $DATA:1000-$DISTILLED --output_dir runs/smollm2-feat-distilled-b
+fi
+
+# 3. Heads: identical features, schedule, seed and draft vocabulary; only the method switches differ.
+#    Constant learning rate after warm-up, so a checkpoint at step N is the N-step head of the same recipe
+#    (the ablation compares the 1000-step checkpoints of all four).
+COMMON=(--target smollm2 --target_dtype bfloat16 --features_dir $FEATS --draft_vocab_size 8192
+        --per_device_train_batch_size 4 --learning_rate 5e-4 --lr_scheduler_type constant_with_warmup
+        --warmup_steps 50 --save_steps 200 --save_total_limit 20 --logging_steps 20 --eval_fraction 0.01
+        --eval_strategy steps --eval_steps 400 --eval_unroll_steps 3 --seed 0 --use_cpu --bf16 --disable_tqdm true --tree_total_tokens 12 --tree_depth 4
+        --tree_top_k 4)
+train() {  # train METHOD OUTPUT STEPS [extra args...]
+  local method=$1 out=$2 steps=$3; shift 3
+  OMP_NUM_THREADS=1 fspad-hf train "${COMMON[@]}" --method "$method" --max_steps "$steps" --output_dir "$out" "$@" \
+    > "$out.log" 2>&1
+}
+if [[ $STEP == main || $STEP == all ]]; then
+  train eagle2 runs/s2-smollm2-eagle2 ${MAIN_STEPS:-2400} &
+  train fspad runs/s2-smollm2-fspad ${MAIN_STEPS:-2400} &
   wait
+fi
+if [[ $STEP == ablation || $STEP == all ]]; then
+  train fs runs/s2-smollm2-fs ${ABLATION_STEPS:-1000}
+  train pad runs/s2-smollm2-pad ${ABLATION_STEPS:-1000}
+fi
+# 4. PosS-2 (2 specialists: draft positions 1-2 and 3+), both initialised from the trained FSPAD head,
+#    trained with 3 HASS unroll steps (positions 1-3).
+if [[ $STEP == poss || $STEP == all ]]; then
+  train fspad runs/s2-smollm2-poss ${POSS_STEPS:-600} --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 \
+    --init_from runs/s2-smollm2-fspad/final --warmup_steps 20
 fi

@@ -80,9 +80,12 @@ def test_online_and_offline_features_give_same_loss(setup, tmp_path):
 def test_eval_reports_per_position_accuracy(setup, tmp_path):
     target, train, held_out = setup
     head = FSPADDraftModel.from_target(target, num_draft_layers=2, positions_per_layer=2, tree_depth=4)
-    trainer = FSPADTrainer(model=head, args=args(tmp_path, max_steps=20, unroll_steps=3), target=target,
-                           train_dataset=ChatDataset(train), eval_dataset=ChatDataset(held_out))
+    trainer = FSPADTrainer(model=head, args=args(tmp_path, max_steps=20, unroll_steps=3, eval_strategy="steps", eval_steps=10),
+                           target=target, train_dataset=ChatDataset(train), eval_dataset=ChatDataset(held_out))
     trainer.train()
+    periodic = [h for h in trainer.state.log_history if "eval_acc_p1" in h]
+    assert [h["step"] for h in periodic] == [10, 20]  # evaluated during training, which then went on
+    assert head.training
     metrics = trainer.evaluate()
     assert {"eval_acc_p1", "eval_acc_p2", "eval_acc_p3", "eval_acc_p4", "eval_loss"} <= set(metrics)
     assert all(0.0 <= metrics[f"eval_acc_p{k}"] <= 1.0 for k in range(1, 5))
