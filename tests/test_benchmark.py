@@ -5,7 +5,7 @@ import json
 import torch
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.benchmark import Method, load_questions, markdown_table, run_benchmark
+from fspad_hf.benchmark import Method, first_divergences, load_questions, markdown_table, prompt_ids, run_benchmark
 from tests.conftest import make_target, tiny_chat_tokenizer
 
 
@@ -42,6 +42,7 @@ def test_benchmark_layout_identity_and_resume(tmp_path):
     assert saved["methods"]["baseline"]["overall"]["tau"] == 1.0
     assert saved["methods"]["baseline"]["overall"]["speedup"] == 1.0
     assert "acceptance_per_position" in saved["methods"]["fspad"]["overall"]
+    assert saved["methods"]["fspad"]["divergences"]["turns"] == 0  # fp32: no divergence to explain
     assert (out.with_suffix(".md")).read_text().startswith("| method |")
     partial = out.with_suffix(".partial.jsonl")
     lines = partial.read_text().splitlines()
@@ -79,3 +80,29 @@ def test_plots_are_written(tmp_path):
     paths = plot(summary, tmp_path)
     assert [p.name for p in paths] == ["speedup_per_category.png", "acceptance_per_position.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_first_divergences_locate_the_token_and_measure_the_targets_margin():
+    tok = tiny_chat_tokenizer()
+    target = make_target("llama", seed=51, vocab_size=len(tok))
+    questions = [{"question_id": 1, "turns": ["the fox"]}, {"question_id": 2, "turns": ["quick", "and the dog?"]},
+                 {"question_id": 3, "turns": ["lazy dog"]}]
+    base = [[5, 6, 7, 8], [9, 10], [11, 12, 13], [14, 15, 16]]
+    records = [{"method": "baseline", "question_id": q, "turn": t, "tokens": toks, "text": tok.decode(toks)}
+               for (q, t), toks in zip([(1, 0), (2, 0), (2, 1), (3, 0)], base)]
+    other = [[5, 6, 20, 21], [9, 10], [11, 22, 23], [14, 15, 16]]  # q1 turn 0 at 2; q2 turn 1 at 1; q3 equal
+    records += [{**r, "method": "m", "tokens": toks} for r, toks in zip(records[:4], other)]
+    report = first_divergences(target, tok, records, questions, ["baseline", "m"])["m"]
+    assert report["turns"] == 2
+    cases = {c["question_id"]: c for c in report["cases"]}
+    assert (cases[1]["turn"], cases[1]["position"]) == (0, 2) and (cases[2]["turn"], cases[2]["position"]) == (1, 1)
+    # independent recomputation for question 2, turn 1: history holds the baseline's first answer
+    history = [{"role": "user", "content": "quick"}, {"role": "assistant", "content": tok.decode([9, 10])},
+               {"role": "user", "content": "and the dog?"}]
+    ids = torch.cat([prompt_ids(tok, history, "cpu"), torch.tensor([[11]])], dim=1)
+    with torch.no_grad():
+        logits = target(ids).logits[0, -1]
+    top2 = logits.topk(2).values
+    assert abs(cases[2]["top2_gap"] - float(top2[0] - top2[1])) < 1e-4
+    assert cases[2]["method_token_rank"] == int((logits > logits[22]).sum())
+    assert report["max_top2_gap"] == max(c["top2_gap"] for c in report["cases"])

@@ -156,6 +156,54 @@ def summarize(records: list[dict], method_names: list[str], greedy: bool) -> dic
     return result
 
 
+def first_divergences(target, tokenizer, records: list[dict], questions: list[dict], method_names: list[str]) -> dict:
+    """Where each greedy method first leaves the baseline, and how close the target's choice was there.
+
+    For every question whose answers differ, take the first differing turn (earlier turns are equal,
+    so the history is the baseline's) and the first differing token. Re-run the target on that prefix
+    and report the gap between its top-2 logits and the rank of the method's token (1 = runner-up).
+    In bfloat16 these are expected to be near-ties (batched vs single-token rounding); in float32 any
+    divergence is a bug. Returns ``{method: {"turns": n, "max_top2_gap": g, "all_runner_up": bool, "cases": [...]}}``.
+    """
+    turns_of = {q["question_id"]: q["turns"] for q in questions}
+    by_key = {(r["method"], r["question_id"], r["turn"]): r for r in records}
+    base = method_names[0]
+    out = {}
+    for name in method_names[1:]:
+        cases = []
+        for qid, turns in turns_of.items():
+            history = []
+            for i, turn in enumerate(turns):
+                b, r = by_key.get((base, qid, i)), by_key.get((name, qid, i))
+                if b is None or r is None:
+                    break
+                history.append({"role": "user", "content": turn})
+                if r["tokens"] != b["tokens"]:
+                    cases.append(_divergence_case(target, tokenizer, history, b["tokens"], r["tokens"], qid, i))
+                    break
+                history.append({"role": "assistant", "content": b["text"]})
+        gaps = [c["top2_gap"] for c in cases]
+        out[name] = {"turns": len(cases), "max_top2_gap": max(gaps) if gaps else None,
+                     "all_runner_up": all(c["method_token_rank"] == 1 for c in cases), "cases": cases}
+    return out
+
+
+def _divergence_case(target, tokenizer, history, base_tokens, method_tokens, qid, turn) -> dict:
+    pos = next((i for i, (a, b) in enumerate(zip(base_tokens, method_tokens)) if a != b),
+               min(len(base_tokens), len(method_tokens)))
+    case = {"question_id": qid, "turn": turn, "position": pos, "top2_gap": None, "method_token_rank": None}
+    if pos >= min(len(base_tokens), len(method_tokens)):  # one output is a prefix of the other (stopped early)
+        return case
+    ids = prompt_ids(tokenizer, history, target.device)
+    ids = torch.cat([ids, torch.tensor([base_tokens[:pos]], dtype=ids.dtype, device=ids.device)], dim=1)  # [1, P + pos]
+    with torch.no_grad():
+        logits = target(ids, logits_to_keep=1).logits[0, -1].float()  # [V]
+    top2 = logits.topk(2).values
+    case["top2_gap"] = float(top2[0] - top2[1])
+    case["method_token_rank"] = int((logits > logits[method_tokens[pos]]).sum())  # 0 = the target's own argmax
+    return case
+
+
 def _load_partial(path: Path, turns_of: dict) -> list[dict]:
     """Records of questions recorded *whole* (all turns); cut lines and half-recorded questions are
     dropped from the file (a kill can land between two turns' lines), so those questions are redone."""
@@ -221,6 +269,9 @@ def run_benchmark(target, tokenizer, methods: list[Method], questions: list[dict
                    "threads": torch.get_num_threads()},
         "methods": summarize(records, [m.name for m in methods], greedy),
     }
+    if greedy and len(methods) > 1:
+        for name, report in first_divergences(target, tokenizer, records, questions, [m.name for m in methods]).items():
+            summary["methods"][name]["divergences"] = report
     output.write_text(json.dumps(summary, indent=2))
     (output.with_suffix(".md")).write_text(markdown_table(summary))
     return summary
@@ -244,6 +295,14 @@ def markdown_table(summary: dict) -> str:
             pc = m["per_category"].get(c)
             cells.append(f"{pc.get('speedup', 1.0):.2f}x ({pc['tau']:.2f})" if pc else "-")
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    diverged = {name: m["divergences"] for name, m in methods.items() if m.get("divergences", {}).get("turns")}
+    if diverged:
+        lines += ["", "First divergence from the baseline (target's top-2 logit gap there; rank 1 = its runner-up):", ""]
+        for name, d in diverged.items():
+            gaps = [c["top2_gap"] for c in d["cases"] if c["top2_gap"] is not None]
+            gap = f"max top-2 gap {max(gaps):.3f}" if gaps else "outputs differ only in length"
+            lines.append(f"- {name}: {d['turns']} questions, {gap}, "
+                         f"{'always' if d['all_runner_up'] else 'not always'} the runner-up token")
     return "\n".join(lines) + "\n"
 
 
@@ -288,4 +347,4 @@ def plot(summary: dict, out_dir: str | Path) -> list[Path]:
     return paths
 
 
-__all__ = ["Method", "load_questions", "run_benchmark", "summarize", "markdown_table", "plot", "ForwardCounter"]
+__all__ = ["Method", "first_divergences", "load_questions", "run_benchmark", "summarize", "markdown_table", "plot", "ForwardCounter"]

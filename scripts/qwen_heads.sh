@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Qwen2.5-Coder-0.5B-Instruct heads, same recipe as scripts/smollm2_heads.sh (CPU, one core per job).
+# Every step resumes (distillation skips answered prompts, extraction skips complete shards, training
+# resumes from its last complete checkpoint).
+#
+#   bash scripts/qwen_heads.sh distill    # self-distillation of ShareGPT first turns 0-2399 (stop any time)
+#   bash scripts/qwen_heads.sh features   # offline bf16 target features (raw ShareGPT + distilled answers)
+#   bash scripts/qwen_heads.sh main       # EAGLE-2 and FSPAD heads in parallel, then the PosS-2 head
+set -euo pipefail
+STEP=${1:-all}
+DISTILLED=${DISTILLED:-600}
+DATA=data/qwen-coder-0.5b/distilled.jsonl
+T=(--target qwen-coder-0.5b --target_dtype bfloat16)
+
+if [[ $STEP == distill ]]; then
+  mkdir -p runs/qwen-data && cp -n $DATA runs/qwen-data/distilled.jsonl || true
+  fspad-hf prepare "${T[@]}" --max_conversations 2400 --max_turns 1 --regenerate --batch_size 16 \
+    --max_new_tokens 256 --max_prompt_tokens 384 --output_dir runs/qwen-data
+  mkdir -p "$(dirname $DATA)" && cp runs/qwen-data/distilled.jsonl $DATA
+fi
+
+FEATS=runs/qwen-feat-sharegpt/features,runs/qwen-feat-distilled/features
+if [[ $STEP == features ]]; then
+  PREP=("${T[@]}" --max_length 448 --features)
+  fspad-hf prepare "${PREP[@]}" --data sharegpt:2400-3400 --max_turns 1 --output_dir runs/qwen-feat-sharegpt
+  fspad-hf prepare "${PREP[@]}" --data $DATA:0-$DISTILLED --output_dir runs/qwen-feat-distilled
+fi
+
+COMMON=("${T[@]}" --features_dir $FEATS --draft_vocab_size 8192 --per_device_train_batch_size 4
+        --learning_rate 5e-4 --lr_scheduler_type constant_with_warmup --warmup_steps 50 --save_steps 100
+        --save_total_limit 20 --logging_steps 20 --eval_fraction 0.01 --eval_strategy steps --eval_steps 400
+        --eval_unroll_steps 3 --seed 0 --use_cpu --bf16 --disable_tqdm true --tree_total_tokens 12 --tree_depth 4
+        --tree_top_k 4)
+train() {  # train METHOD OUTPUT STEPS [extra args...]
+  local method=$1 out=$2 steps=$3; shift 3
+  OMP_NUM_THREADS=1 fspad-hf train "${COMMON[@]}" --method "$method" --max_steps "$steps" --output_dir "$out" "$@" \
+    > "$out.log" 2>&1
+}
+if [[ $STEP == main || $STEP == all ]]; then
+  train eagle2 runs/qwen-eagle2 ${MAIN_STEPS:-1200} &
+  train fspad runs/qwen-fspad ${MAIN_STEPS:-1200} &
+  wait
+  train fspad runs/qwen-poss ${POSS_STEPS:-300} --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 \
+    --init_from runs/qwen-fspad/final --warmup_steps 20
+fi
