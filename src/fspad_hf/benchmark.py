@@ -184,7 +184,8 @@ def first_divergences(target, tokenizer, records: list[dict], questions: list[di
                 history.append({"role": "assistant", "content": b["text"]})
         gaps = [c["top2_gap"] for c in cases]
         out[name] = {"turns": len(cases), "max_top2_gap": max(gaps) if gaps else None,
-                     "all_runner_up": all(c["method_token_rank"] == 1 for c in cases), "cases": cases}
+                     "all_runner_up": all(c["method_token_rank"] == 1 for c in cases if c["method_token_rank"] is not None),
+                     "cases": cases}
     return out
 
 
