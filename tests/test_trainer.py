@@ -194,6 +194,10 @@ def test_head_trained_with_bf16_mixed_precision_still_generates(tmp_path):
     head = FSPADDraftModel.from_target(target)
     data = ChatDataset([{"input_ids": list(range(1, 20)), "loss_mask": [1] * 19}] * 4)
     FSPADTrainer(model=head, args=args(tmp_path, max_steps=2, bf16=True), target=target, train_dataset=data).train()
+    assert "_original_forward" not in head.__dict__  # accelerate's wrapper is removed after training
+    with torch.no_grad():
+        out = head(input_ids=torch.tensor([[2, 3]]), hidden_states=torch.randn(1, 2, head.config.hidden_size))
+    assert out.regress_hidden.dtype == head.dtype == out.logits.dtype
     prompt = torch.tensor([[1, 2, 3]])
     out = target.generate(prompt, assistant_model=head, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == 11

@@ -94,7 +94,10 @@ class FSPADTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         check_training_data(self.train_dataset)
-        return super().train(*args, **kwargs)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            _drop_mixed_precision_wrapper(self.model)
 
     # -------------------------------------------------------------------------------- loss
     def _weights(self) -> LossWeights:
@@ -152,6 +155,14 @@ class FSPADTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
+
+
+def _drop_mixed_precision_wrapper(model) -> None:
+    """Undo the autocast + float32-outputs wrapper accelerate puts on `forward` under bf16/fp16 training,
+    so that the trained head, used in this same process, drafts in its own dtype."""
+    from accelerate.utils import extract_model_from_parallel
+
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)
 
 
 def check_training_data(dataset, probe: int = 64) -> None:
