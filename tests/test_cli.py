@@ -73,3 +73,26 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert exc.value.code == 0
     assert "prepare" in capsys.readouterr().out
+
+
+def test_bench_runs_one_head_under_several_trees(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    target = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    head_dir = tmp_path / "head"
+    FSPADDraftModel.from_target(target).save_pretrained(head_dir)
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("\n".join(json.dumps({"question_id": i, "category": c, "turns": [t]})
+                                   for i, (c, t) in enumerate([("qa", "the fox"), ("writing", "lazy dog")])))
+    out = tmp_path / "res" / "results.json"
+    main(["bench", "--target", str(tiny_model_dir), "--questions", str(questions), "--max_new_tokens", "10",
+          "--pld_tokens", "0", "--no_plots", "--output", str(out),
+          "--head", f"small={head_dir}@4,2,2", "--head", f"big={head_dir}@12,4,3", "--head", str(head_dir)])
+    summary = json.loads(out.read_text())
+    assert list(summary["methods"]) == ["baseline", "small", "big", "head"]
+    assert all(m["overall"]["identical_to_baseline"] for m in summary["methods"].values() if m is not None)
+    records = [json.loads(line) for line in out.with_suffix(".partial.jsonl").read_text().splitlines()]
+    trials = {r["method"]: len(r["position_trials"]) for r in records if r["method"] != "baseline"}
+    assert trials["small"] == 2 and trials["big"] == 4  # each entry drafted with its own tree depth
+    with pytest.raises(SystemExit, match="@TOTAL_TOKENS,DEPTH,TOP_K"):
+        main(["bench", "--target", str(tiny_model_dir), "--questions", str(questions), "--head", f"{head_dir}@4,2"])

@@ -238,7 +238,9 @@ def _bench_parser():
     p.add_argument("--target", default="smollm2", help="smollm2, qwen-coder-0.5b, gemma3-270m, or a model path")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of every method")
     p.add_argument("--head", action="append", default=[], metavar="[NAME=]PATH",
-                   help="a draft head (repeat for several); NAME defaults to the folder name; 'shipped' = bundled heads")
+                   help="a draft head (repeat for several); NAME defaults to the folder name; 'shipped' = bundled heads; "
+                        "an @T,D,K suffix sets that entry's tree (total tokens, depth, top-k), so one head can run "
+                        "under several trees in one run")
     p.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl", help="Spec-Bench-format JSONL")
     p.add_argument("--per_category", type=int, default=None, help="first N questions of each category")
     p.add_argument("--categories", default=None, help="comma-separated categories to keep")
@@ -254,22 +256,37 @@ def _bench_parser():
     return p
 
 
-def _heads(specs: list[str], target, tokenizer, dtype):
+def _tree_suffix(spec: str) -> tuple[str, dict]:
+    """`PATH@T,D,K` -> (PATH, per-head tree settings); no suffix -> (PATH, {})."""
+    path, at, tree = spec.rpartition("@")
+    if not at:
+        return spec, {}
+    parts = tree.split(",")
+    if len(parts) != 3 or not all(x.strip().isdigit() for x in parts):
+        raise SystemExit(f"--head {spec!r}: the tree suffix must be @TOTAL_TOKENS,DEPTH,TOP_K (e.g. @16,5,4).")
+    return path, dict(zip(("tree_total_tokens", "tree_depth", "tree_top_k"), (int(x) for x in parts)))
+
+
+def _heads(specs: list[str], target, tokenizer, dtype) -> dict[str, tuple]:
+    """`[NAME=]PATH[@T,D,K]` specs -> {name: (bound head, per-head tree kwargs)}; a path is loaded once."""
     from .hub import shipped_heads
     from .modeling_fspad import FSPADDraftModel
 
-    heads = {}
+    wanted = {}
     for spec in specs:
         if spec == "shipped":
-            heads.update({name: path for name, path in shipped_heads(target).items()})
+            wanted.update({name: (path, {}) for name, path in shipped_heads(target).items()})
             continue
-        name, _, path = spec.rpartition("=")
-        heads[name or Path(path).name] = path
-    loaded = {}
-    for name, path in heads.items():
-        head = FSPADDraftModel.from_pretrained(path).to(device=target.device, dtype=dtype)
-        head.bind_target(target, tokenizer)
-        loaded[name] = head
+        name, _, rest = spec.rpartition("=")
+        path, tree = _tree_suffix(rest)
+        wanted[name or Path(path).name + (rest[len(path):] if tree else "")] = (path, tree)
+    loaded, by_path = {}, {}
+    for name, (path, tree) in wanted.items():
+        if path not in by_path:
+            head = FSPADDraftModel.from_pretrained(path).to(device=target.device, dtype=dtype)
+            head.bind_target(target, tokenizer)
+            by_path[path] = head
+        loaded[name] = (by_path[path], tree)
     return loaded
 
 
@@ -286,8 +303,8 @@ def cmd_bench(argv: list[str]) -> None:
     methods = [Method("baseline")]
     if a.pld_tokens:
         methods.append(Method(f"pld-{a.pld_tokens}", {"prompt_lookup_num_tokens": a.pld_tokens}))
-    for name, head in _heads(a.head, target, tokenizer, getattr(torch, a.dtype)).items():
-        methods.append(Method(name, {"assistant_model": head, **tree}, head))
+    for name, (head, own_tree) in _heads(a.head, target, tokenizer, getattr(torch, a.dtype)).items():
+        methods.append(Method(name, {"assistant_model": head, **tree, **own_tree}, head))
     config = {"target": a.target, "dtype": a.dtype, "question_file": a.questions, "per_category": a.per_category,
               "heads": a.head, "tree": tree}
     summary = run_benchmark(target, tokenizer, methods, questions, a.output, a.max_new_tokens, a.temperature, config)
@@ -321,7 +338,7 @@ def cmd_demo(argv: list[str]) -> None:
     path = a.head or (fspad[0] if fspad else next(iter(shipped.values()), None))
     if path is None:
         raise SystemExit(f"No shipped head for {a.target}; pass --head PATH (train one with `fspad-hf train`).")
-    head = _heads([f"head={path}"], target, tokenizer, getattr(torch, a.dtype))["head"]
+    head, _ = _heads([f"head={path}"], target, tokenizer, getattr(torch, a.dtype))["head"]
     from .benchmark import prompt_ids
 
     ids = prompt_ids(tokenizer, [{"role": "user", "content": a.prompt}], target.device)
