@@ -21,7 +21,9 @@ def main():
     p.add_argument("--name", required=True, help="folder name under src/fspad_hf/heads/")
     p.add_argument("--benchmark", default=None, help="fspad-hf bench JSON for the card")
     p.add_argument("--tree", default=None, help="total,depth,top_k defaults stored in the config")
-    p.add_argument("--data", default="self-distilled SmolLM2 answers to 283 ShareGPT prompts + raw ShareGPT first turns 2400-4399")
+    p.add_argument("--data", default="1,500 self-distilled SmolLM2 answers to ShareGPT first turns 0-2399 + raw ShareGPT "
+                   "first turns 2400-4399 (offline bf16 target features)")
+    p.add_argument("--command", default="bash scripts/smollm2_heads.sh main", help="the command that trained it")
     a = p.parse_args()
     ckpt = Path(a.checkpoint)
     head = FSPADDraftModel.from_pretrained(ckpt).to(torch.bfloat16)
@@ -32,12 +34,12 @@ def main():
     training = {
         "data": a.data,
         "max_steps": state["global_step"],
-        "learning_rate": 5e-4,
+        "learning_rate": max((h.get("learning_rate", 0.0) for h in logs), default=None),
         "per_device_train_batch_size": state.get("train_batch_size", 4),
         "train_loss": logs[-1]["loss"] if logs else None,
         "examples": state["global_step"] * state.get("train_batch_size", 4),
         "seed": 0,
-        "hardware": "2 CPU cores, no GPU (command: scripts/smollm2_heads.sh train)",
+        "hardware": f"1 CPU core, no GPU (command: {a.command})",
     }
     out = SHIPPED_DIR / a.name
     head.save_pretrained(out)
