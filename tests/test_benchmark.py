@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from fspad_hf import FSPADDraftModel
@@ -43,6 +44,9 @@ def test_benchmark_layout_identity_and_resume(tmp_path):
     assert saved["methods"]["baseline"]["overall"]["speedup"] == 1.0
     assert "acceptance_per_position" in saved["methods"]["fspad"]["overall"]
     assert saved["methods"]["fspad"]["divergences"]["turns"] == 0  # fp32: no divergence to explain
+    f = saved["methods"]["fspad"]["overall"]
+    assert f["speedup_bound"] == pytest.approx(
+        f["tau"] * f["baseline_ms_per_forward"] / (f["draft_ms_per_round"] + f["verify_ms_per_round"]))
     assert (out.with_suffix(".md")).read_text().startswith("| method |")
     partial = out.with_suffix(".partial.jsonl")
     lines = partial.read_text().splitlines()

@@ -131,6 +131,10 @@ def _agg(records: list[dict], baseline: dict[tuple, dict] | None, greedy: bool) 
         out["acceptance_per_position"] = [a / t if t else 0.0 for a, t in zip(acc, tri)]
         out["draft_ms_per_round"] = 1000 * sum(r["draft_s"] for r in records) / max(forwards - len(records), 1)
         out["verify_ms_per_round"] = 1000 * sum(r["verify_s"] for r in records) / max(forwards - len(records), 1)
+        if baseline is not None:  # METHOD.md 6: SR <= tau * t(1) / (t(verify) + t(draft)), t(1) from the baseline
+            t1 = 1000 * sum(b["wall_s"] for b in base) / max(sum(b["forwards"] for b in base), 1)
+            out["baseline_ms_per_forward"] = t1
+            out["speedup_bound"] = out["tau"] * t1 / max(out["draft_ms_per_round"] + out["verify_ms_per_round"], 1e-9)
     return out
 
 
@@ -279,14 +283,19 @@ def run_benchmark(target, tokenizer, methods: list[Method], questions: list[dict
 
 
 def markdown_table(summary: dict) -> str:
-    """Overall and per-category tables (tau, speed-up, tokens/s, identity)."""
+    """Overall table (tau, speed-up, its bound tau * t(1) / (t(draft) + t(verify)), costs, tokens/s,
+    identity), per-category speed-ups, and where greedy outputs first diverge."""
     methods = summary["methods"]
-    lines = ["| method | tau | speed-up | tokens/s | identical |", "|---|---|---|---|---|"]
+    lines = ["| method | tau | speed-up | bound | draft / verify ms per round | tokens/s | identical |",
+             "|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
         o = m["overall"]
         ident = o.get("identical_to_baseline")
         ident_s = "n/a" if ident is None else ("yes" if ident else f"no ({o['identical_turns']} turns identical)")
-        lines.append(f"| {name} | {o['tau']:.2f} | {o.get('speedup', 1.0):.2f}x | {o['tokens_per_s']:.1f} | {ident_s} |")
+        bound = f"{o['speedup_bound']:.2f}x" if "speedup_bound" in o else "-"
+        cost = f"{o['draft_ms_per_round']:.0f} / {o['verify_ms_per_round']:.0f}" if "draft_ms_per_round" in o else "-"
+        lines.append(f"| {name} | {o['tau']:.2f} | {o.get('speedup', 1.0):.2f}x | {bound} | {cost} | "
+                     f"{o['tokens_per_s']:.1f} | {ident_s} |")
     cats = sorted({c for m in methods.values() for c in m["per_category"]})
     lines += ["", "Speed-up (tau) per category:", "", "| category | " + " | ".join(methods) + " |",
               "|---|" + "---|" * len(methods)]
