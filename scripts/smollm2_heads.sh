@@ -9,8 +9,8 @@
 #   bash scripts/smollm2_heads.sh ablation    # FS-only and PAD-only heads (same recipe, ABLATION_STEPS)
 #   bash scripts/smollm2_heads.sh poss        # PosS-2 head initialised from the FSPAD head, HASS-unrolled
 #
-# Session 2 budget (the shipped heads): distillation stopped at $DISTILLED answers; main heads 2400 steps
-# each at ~1 s/step; ablation 1000 steps each; PosS 600 unrolled steps (~3.5 s/step).
+# Session 2 budget (the shipped heads): distillation stopped at $DISTILLED answers; main heads 3000 steps
+# each at ~1 s/step; ablation 800 steps each; PosS 600 unrolled steps (~3.5 s/step).
 set -euo pipefail
 STEP=${1:-all}
 DISTILLED=${DISTILLED:-1500}
@@ -38,7 +38,7 @@ fi
 
 # 3. Heads: identical features, schedule, seed and draft vocabulary; only the method switches differ.
 #    Constant learning rate after warm-up, so a checkpoint at step N is the N-step head of the same recipe
-#    (the ablation compares the 1000-step checkpoints of all four).
+#    (the ablation compares the 800-step checkpoints of all four).
 COMMON=(--target smollm2 --target_dtype bfloat16 --features_dir $FEATS --draft_vocab_size 8192
         --per_device_train_batch_size 4 --learning_rate 5e-4 --lr_scheduler_type constant_with_warmup
         --warmup_steps 50 --save_steps 200 --save_total_limit 20 --logging_steps 20 --eval_fraction 0.01
@@ -50,13 +50,13 @@ train() {  # train METHOD OUTPUT STEPS [extra args...]
     > "$out.log" 2>&1
 }
 if [[ $STEP == main || $STEP == all ]]; then
-  train eagle2 runs/s2-smollm2-eagle2 ${MAIN_STEPS:-2400} &
-  train fspad runs/s2-smollm2-fspad ${MAIN_STEPS:-2400} &
+  train eagle2 runs/s2-smollm2-eagle2 ${MAIN_STEPS:-3000} &
+  train fspad runs/s2-smollm2-fspad ${MAIN_STEPS:-3000} &
   wait
 fi
 if [[ $STEP == ablation || $STEP == all ]]; then
-  train fs runs/s2-smollm2-fs ${ABLATION_STEPS:-1000}
-  train pad runs/s2-smollm2-pad ${ABLATION_STEPS:-1000}
+  train fs runs/s2-smollm2-fs ${ABLATION_STEPS:-800}
+  train pad runs/s2-smollm2-pad ${ABLATION_STEPS:-800}
 fi
 # 4. PosS-2 (2 specialists: draft positions 1-2 and 3+), both initialised from the trained FSPAD head,
 #    trained with 3 HASS unroll steps (positions 1-3).
