@@ -38,6 +38,8 @@ def main():
         "per_device_train_batch_size": state.get("train_batch_size", 4),
         "train_loss": logs[-1]["loss"] if logs else None,
         "examples": state["global_step"] * state.get("train_batch_size", 4),
+        "eval_top1_per_position": next(([round(h[k], 4) for k in sorted(h) if k.startswith("eval_acc_p")]
+                                        for h in reversed(state["log_history"]) if "eval_acc_p1" in h), None),
         "seed": 0,
         "hardware": f"1 CPU core, no GPU (command: {a.command})",
     }

@@ -65,6 +65,7 @@ TRAINING_FIELDS = (  # (label, keys tried in order)
     ("hardware", ("hardware",)),
     ("wall time", ("train_runtime",)),
     ("final training loss", ("train_loss",)),
+    ("held-out top-1 agreement per draft position", ("eval_top1_per_position",)),
     ("seed", ("seed",)),
 )
 
