@@ -90,7 +90,7 @@ def test_bench_runs_one_head_under_several_trees(tiny_model_dir, tmp_path):
           "--head", f"small={head_dir}@4,2,2", "--head", f"big={head_dir}@12,4,3", "--head", str(head_dir)])
     summary = json.loads(out.read_text())
     assert list(summary["methods"]) == ["baseline", "small", "big", "head"]
-    assert all(m["overall"]["identical_to_baseline"] for m in summary["methods"].values() if m is not None)
+    assert all(m["overall"]["identical_to_baseline"] for m in summary["methods"].values())
     records = [json.loads(line) for line in out.with_suffix(".partial.jsonl").read_text().splitlines()]
     trials = {r["method"]: len(r["position_trials"]) for r in records if r["method"] != "baseline"}
     assert trials["small"] == 2 and trials["big"] == 4  # each entry drafted with its own tree depth

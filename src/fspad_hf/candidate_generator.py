@@ -146,9 +146,7 @@ class FSPADCandidateGenerator(CandidateGenerator):
         )
         self.pending = None
         self.context_len = n0 + c
-        # Cast back: a head trained with mixed precision may have an accelerate wrapper on `forward`
-        # that returns float32 outputs.
-        return out.regress_hidden[0, -1:].to(self.head.dtype), torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        return out.regress_hidden[0, -1:], torch.log_softmax(out.logits[0, -1].float(), dim=-1)
 
 
 def scores_of(scores: list[torch.Tensor], frontier: torch.LongTensor) -> torch.Tensor:
