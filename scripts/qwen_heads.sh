@@ -26,16 +26,8 @@ if [[ $STEP == features ]]; then
   fspad-hf prepare "${PREP[@]}" --data $DATA:0-$DISTILLED --output_dir runs/qwen-feat-distilled
 fi
 
-COMMON=("${T[@]}" --features_dir $FEATS --draft_vocab_size 8192 --per_device_train_batch_size 4
-        --learning_rate 5e-4 --lr_scheduler_type constant_with_warmup --warmup_steps 50 --save_steps 100
-        --save_total_limit 20 --logging_steps 20 --eval_fraction 0.01 --eval_strategy steps --eval_steps 400
-        --eval_unroll_steps 3 --seed 0 --use_cpu --bf16 --disable_tqdm true --tree_total_tokens 12 --tree_depth 4
-        --tree_top_k 4)
-train() {  # train METHOD OUTPUT STEPS [extra args...]
-  local method=$1 out=$2 steps=$3; shift 3
-  OMP_NUM_THREADS=1 fspad-hf train "${COMMON[@]}" --method "$method" --max_steps "$steps" --output_dir "$out" "$@" \
-    > "$out.log" 2>&1
-}
+SAVE_STEPS=100
+source "$(dirname "$0")/head_recipe.sh"
 if [[ $STEP == main || $STEP == all ]]; then
   train eagle2 runs/qwen-eagle2 ${MAIN_STEPS:-1200} &
   train fspad runs/qwen-fspad ${MAIN_STEPS:-1200} &

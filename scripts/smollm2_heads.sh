@@ -10,7 +10,7 @@
 #   bash scripts/smollm2_heads.sh poss        # PosS-2 head initialised from the FSPAD head, HASS-unrolled
 #
 # Session 2 budget (the shipped heads): distillation stopped at $DISTILLED answers; main heads 3000 steps
-# each at ~1 s/step; ablation 800 steps each; PosS 600 unrolled steps (~3.5 s/step).
+# each at ~1 s/step; ablation 800 steps each; PosS 500 unrolled steps (~3.5 s/step).
 set -euo pipefail
 STEP=${1:-all}
 DISTILLED=${DISTILLED:-1500}
@@ -36,19 +36,10 @@ if [[ $STEP == features ]]; then
   fspad-hf prepare "${PREP[@]}" --data $DATA:1000-$DISTILLED --output_dir runs/smollm2-feat-distilled-b
 fi
 
-# 3. Heads: identical features, schedule, seed and draft vocabulary; only the method switches differ.
-#    Constant learning rate after warm-up, so a checkpoint at step N is the N-step head of the same recipe
-#    (the ablation compares the 800-step checkpoints of all four).
-COMMON=(--target smollm2 --target_dtype bfloat16 --features_dir $FEATS --draft_vocab_size 8192
-        --per_device_train_batch_size 4 --learning_rate 5e-4 --lr_scheduler_type constant_with_warmup
-        --warmup_steps 50 --save_steps 200 --save_total_limit 20 --logging_steps 20 --eval_fraction 0.01
-        --eval_strategy steps --eval_steps 400 --eval_unroll_steps 3 --seed 0 --use_cpu --bf16 --disable_tqdm true --tree_total_tokens 12 --tree_depth 4
-        --tree_top_k 4)
-train() {  # train METHOD OUTPUT STEPS [extra args...]
-  local method=$1 out=$2 steps=$3; shift 3
-  OMP_NUM_THREADS=1 fspad-hf train "${COMMON[@]}" --method "$method" --max_steps "$steps" --output_dir "$out" "$@" \
-    > "$out.log" 2>&1
-}
+# 3. Heads (recipe in scripts/head_recipe.sh); the ablation compares the 800-step checkpoints of all four.
+T=(--target smollm2 --target_dtype bfloat16)
+SAVE_STEPS=200
+source "$(dirname "$0")/head_recipe.sh"
 if [[ $STEP == main || $STEP == all ]]; then
   train eagle2 runs/s2-smollm2-eagle2 ${MAIN_STEPS:-3000} &
   train fspad runs/s2-smollm2-fspad ${MAIN_STEPS:-3000} &
@@ -61,6 +52,6 @@ fi
 # 4. PosS-2 (2 specialists: draft positions 1-2 and 3+), both initialised from the trained FSPAD head,
 #    trained with 3 HASS unroll steps (positions 1-3).
 if [[ $STEP == poss || $STEP == all ]]; then
-  train fspad runs/s2-smollm2-poss ${POSS_STEPS:-600} --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 \
+  train fspad runs/s2-smollm2-poss ${POSS_STEPS:-500} --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 \
     --init_from runs/s2-smollm2-fspad/final --warmup_steps 20
 fi
