@@ -15,6 +15,7 @@ from fspad_hf.features import (
     OfflineFeatureDataset,
     collate_features,
     extract_features,
+    feature_tokens,
     load_feature_sets,
     read_manifest,
     target_features,
@@ -258,6 +259,33 @@ def test_several_feature_sets_concatenate_and_are_checked_against_the_target(lla
         load_feature_sets([a, c])
     with pytest.raises(ValueError, match="no feature directory"):
         load_feature_sets(" , ")
+
+
+def test_feature_tokens_match_examples_without_reading_hidden_states(llama, tmp_path, monkeypatch):
+    first, second = make_examples(3, seed=1), make_examples(4, seed=2)
+    both = load_feature_sets([extract_features(llama, first, tmp_path / "a", shard_size=2),
+                              extract_features(llama, second, tmp_path / "b", shard_size=3)])
+    single = OfflineFeatureDataset(tmp_path / "b")
+    examples = first + second
+    order = [6, 0, 3, 2, 5]
+    read = []
+    for ds in both.datasets + [single]:  # record which tensors are read from the shards
+        original = ds._shard
+        def spy(k, original=original):
+            handle, offsets = original(k)
+            class Handle:
+                def get_slice(self, name):
+                    read.append(name)
+                    return handle.get_slice(name)
+            return Handle(), offsets
+        monkeypatch.setattr(ds, "_shard", spy)
+    rows = list(feature_tokens(both, order))
+    assert [r["input_ids"].tolist() for r in rows] == [examples[i]["input_ids"] for i in order]
+    assert [r["loss_mask"].tolist() for r in rows] == [examples[i]["loss_mask"] for i in order]
+    assert [r["input_ids"].tolist() for r in feature_tokens(single, [1, 3])] == [second[1]["input_ids"], second[3]["input_ids"]]
+    assert read and "hidden_states" not in read
+    with pytest.raises(TypeError, match="OfflineFeatureDataset"):
+        list(feature_tokens([first], [0]))
 
 
 def test_invalid_examples_and_missing_manifest(llama, tmp_path):

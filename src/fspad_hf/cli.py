@@ -183,7 +183,7 @@ def _build_head(target, tokenizer, hargs: HeadArguments):
 def cmd_train(argv: list[str]) -> None:
     """Train (or fine-tune) a draft head with FSPADTrainer; every TrainingArguments option applies."""
     from .data import ChatDataset
-    from .features import load_feature_sets
+    from .features import feature_tokens, load_feature_sets
     from .trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
 
     targs, dargs, hargs, args = _parse((TargetArguments, DataArguments, HeadArguments, FSPADTrainingArguments), argv)
@@ -203,7 +203,9 @@ def cmd_train(argv: list[str]) -> None:
     eval_set = torch.utils.data.Subset(dataset, order[:n_eval]) if n_eval else None
     head = _build_head(target, tokenizer, hargs)
     if hargs.draft_vocab_size and not hargs.init_from:
-        source = examples if examples is not None else (dataset[i] for i in range(len(dataset)))
+        # counted on the training split only; feature sets are read without their hidden states
+        train_ids = order[n_eval:]
+        source = [examples[i] for i in train_ids] if examples is not None else feature_tokens(dataset, train_ids)
         head.set_draft_vocab(select_draft_vocab(source, hargs.draft_vocab_size, head.config.vocab_size))
     model = head
     if hargs.lora_r > 0:

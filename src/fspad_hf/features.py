@@ -39,7 +39,7 @@ from .safety import sha256_file
 logger = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "OfflineFeatureDataset", "check_features_target", "collate_features",
-           "extract_features", "load_feature_sets", "read_manifest", "target_features"]
+           "extract_features", "feature_tokens", "load_feature_sets", "read_manifest", "target_features"]
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -343,19 +343,27 @@ class OfflineFeatureDataset(Dataset):
             lengths += (offsets[1:] - offsets[:-1]).tolist()
         return lengths
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def _locate(self, index: int) -> tuple[Any, int, int]:
+        """``(shard handle, a, b)``: example ``index`` is rows ``a:b`` of that shard."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} examples")
         index %= len(self)
         k = bisect_right(self._starts, index) - 1
         handle, offsets = self._shard(k)
         local = index - self.shards[k]["start"]
-        a, b = int(offsets[local]), int(offsets[local + 1])
+        return handle, int(offsets[local]), int(offsets[local + 1])
+
+    def tokens(self, index: int) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``loss_mask`` of one example, without reading its hidden states."""
+        handle, a, b = self._locate(index)
         return {
             "input_ids": handle.get_slice("input_ids")[a:b].long(),  # [T]
             "loss_mask": handle.get_slice("loss_mask")[a:b].long(),  # [T]
-            "hidden_states": handle.get_slice("hidden_states")[a:b],  # [T, H]
         }
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        handle, a, b = self._locate(index)
+        return {**self.tokens(index), "hidden_states": handle.get_slice("hidden_states")[a:b]}  # [T, H]
 
 
 def collate_features(batch: Sequence[dict[str, torch.Tensor]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
@@ -414,3 +422,20 @@ def load_feature_sets(dirs: str | Sequence[str | os.PathLike], target: torch.nn.
         elif ds.manifest["target"] != sets[0].manifest["target"]:
             raise ValueError(f"{path} and {paths[0]} were extracted from different targets; use one target's features")
     return sets[0] if len(sets) == 1 else torch.utils.data.ConcatDataset(sets)
+
+
+def feature_tokens(dataset, indices: Sequence[int]):
+    """Yield ``{"input_ids", "loss_mask"}`` of ``dataset[i]`` for ``i`` in ``indices`` without reading hidden states.
+
+    ``dataset`` is what :func:`load_feature_sets` returns (one set or a ``ConcatDataset`` of them); used to
+    count tokens (draft-vocabulary selection) at a fraction of the cost of loading the features.
+    """
+    if isinstance(dataset, OfflineFeatureDataset):
+        for i in indices:
+            yield dataset.tokens(i)
+        return
+    if not isinstance(dataset, torch.utils.data.ConcatDataset):
+        raise TypeError(f"expected an OfflineFeatureDataset or a ConcatDataset of them, got {type(dataset).__name__}")
+    for i in indices:
+        k = bisect_right(dataset.cumulative_sizes, i)
+        yield dataset.datasets[k].tokens(i - (dataset.cumulative_sizes[k - 1] if k else 0))
