@@ -109,4 +109,14 @@ def test_first_divergences_locate_the_token_and_measure_the_targets_margin():
     top2 = logits.topk(2).values
     assert abs(cases[2]["top2_gap"] - float(top2[0] - top2[1])) < 1e-4
     assert cases[2]["method_token_rank"] == int((logits > logits[22]).sum())
+    assert cases[2]["baseline_token_rank"] == int((logits > logits[12]).sum())
+    assert abs(cases[2]["pair_gap"] - float((logits[12] - logits[22]).abs())) < 1e-4
     assert report["max_top2_gap"] == max(c["top2_gap"] for c in report["cases"])
+    assert report["max_pair_gap"] == max(c["pair_gap"] for c in report["cases"])
+    ranks = [max(c["baseline_token_rank"], c["method_token_rank"]) for c in report["cases"]]
+    assert report["both_in_top2"] == all(r <= 1 for r in ranks)
+    assert "gap between the two tokens" in markdown_table(
+        {"config": {}, "methods": {"baseline": {"overall": {"tau": 1.0, "speedup": 1.0, "tokens_per_s": 1.0},
+                                                "per_category": {}},
+                                   "m": {"overall": {"tau": 1.0, "speedup": 1.0, "tokens_per_s": 1.0},
+                                         "per_category": {}, "divergences": report}}})

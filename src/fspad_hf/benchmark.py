@@ -165,9 +165,11 @@ def first_divergences(target, tokenizer, records: list[dict], questions: list[di
 
     For every question whose answers differ, take the first differing turn (earlier turns are equal,
     so the history is the baseline's) and the first differing token. Re-run the target on that prefix
-    and report the gap between its top-2 logits and the rank of the method's token (1 = runner-up).
-    In bfloat16 these are expected to be near-ties (batched vs single-token rounding); in float32 any
-    divergence is a bug. Returns ``{method: {"turns": n, "max_top2_gap": g, "all_runner_up": bool, "cases": [...]}}``.
+    in one full forward (a third rounding path, neither the baseline's nor the method's) and report its
+    top-2 logit gap, the ranks of the baseline's and the method's tokens (0 = its argmax) and the logit
+    gap between those two tokens. A rounding near-tie shows as both tokens in the re-run's top 2 with a
+    pair gap of a few bf16 ulps; either may be the argmax. In float32 any divergence is a bug. Returns
+    ``{method: {"turns": n, "max_top2_gap": g, "max_pair_gap": p, "both_in_top2": bool, "cases": [...]}}``.
     """
     turns_of = {q["question_id"]: q["turns"] for q in questions}
     by_key = {(r["method"], r["question_id"], r["turn"]): r for r in records}
@@ -186,9 +188,11 @@ def first_divergences(target, tokenizer, records: list[dict], questions: list[di
                     cases.append(_divergence_case(target, tokenizer, history, b["tokens"], r["tokens"], qid, i))
                     break
                 history.append({"role": "assistant", "content": b["text"]})
-        gaps = [c["top2_gap"] for c in cases]
-        out[name] = {"turns": len(cases), "max_top2_gap": max(gaps) if gaps else None,
-                     "all_runner_up": all(c["method_token_rank"] == 1 for c in cases if c["method_token_rank"] is not None),
+        measured = [c for c in cases if c["top2_gap"] is not None]  # not: one output a prefix of the other
+        out[name] = {"turns": len(cases),
+                     "max_top2_gap": max((c["top2_gap"] for c in measured), default=None),
+                     "max_pair_gap": max((c["pair_gap"] for c in measured), default=None),
+                     "both_in_top2": all(max(c["baseline_token_rank"], c["method_token_rank"]) <= 1 for c in measured),
                      "cases": cases}
     return out
 
@@ -196,7 +200,8 @@ def first_divergences(target, tokenizer, records: list[dict], questions: list[di
 def _divergence_case(target, tokenizer, history, base_tokens, method_tokens, qid, turn) -> dict:
     pos = next((i for i, (a, b) in enumerate(zip(base_tokens, method_tokens)) if a != b),
                min(len(base_tokens), len(method_tokens)))
-    case = {"question_id": qid, "turn": turn, "position": pos, "top2_gap": None, "method_token_rank": None}
+    case = {"question_id": qid, "turn": turn, "position": pos, "top2_gap": None, "pair_gap": None,
+            "baseline_token_rank": None, "method_token_rank": None}
     if pos >= min(len(base_tokens), len(method_tokens)):  # one output is a prefix of the other (stopped early)
         return case
     ids = prompt_ids(tokenizer, history, target.device)
@@ -205,7 +210,10 @@ def _divergence_case(target, tokenizer, history, base_tokens, method_tokens, qid
         logits = target(ids, logits_to_keep=1).logits[0, -1].float()  # [V]
     top2 = logits.topk(2).values
     case["top2_gap"] = float(top2[0] - top2[1])
-    case["method_token_rank"] = int((logits > logits[method_tokens[pos]]).sum())  # 0 = the target's own argmax
+    base_logit, method_logit = logits[base_tokens[pos]], logits[method_tokens[pos]]
+    case["pair_gap"] = float((base_logit - method_logit).abs())
+    case["baseline_token_rank"] = int((logits > base_logit).sum())  # 0 = the re-run's argmax (ties share a rank)
+    case["method_token_rank"] = int((logits > method_logit).sum())
     return case
 
 
@@ -307,12 +315,15 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     diverged = {name: m["divergences"] for name, m in methods.items() if m.get("divergences", {}).get("turns")}
     if diverged:
-        lines += ["", "First divergence from the baseline (target's top-2 logit gap there; rank 1 = its runner-up):", ""]
+        lines += ["", "First divergence from the baseline (target re-run on the shared prefix: its top-2 logit gap, "
+                  "and whether the baseline's and the method's tokens are its top two):", ""]
         for name, d in diverged.items():
-            gaps = [c["top2_gap"] for c in d["cases"] if c["top2_gap"] is not None]
-            gap = f"max top-2 gap {max(gaps):.3f}" if gaps else "outputs differ only in length"
-            lines.append(f"- {name}: {d['turns']} questions, {gap}, "
-                         f"{'always' if d['all_runner_up'] else 'not always'} the runner-up token")
+            if d.get("max_top2_gap") is None:
+                lines.append(f"- {name}: {d['turns']} questions, outputs differ only in length")
+                continue
+            lines.append(f"- {name}: {d['turns']} questions, max top-2 gap {d['max_top2_gap']:.3f}, max gap between "
+                         f"the two tokens {d['max_pair_gap']:.3f}, "
+                         f"{'both tokens in the top 2 every time' if d['both_in_top2'] else 'NOT always the top 2'}")
     return "\n".join(lines) + "\n"
 
 
