@@ -128,3 +128,10 @@ def tiny_chat_tokenizer():
     out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<pad>")
     out.chat_template = CHATML
     return out
+
+
+@pytest.fixture
+def only_if_slow_selected(request):
+    """Slow tests run only when the -m expression asks for them (e.g. ``-m slow``)."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("slow; select with -m slow")

