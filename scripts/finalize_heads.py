@@ -13,6 +13,7 @@ import torch
 import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
 from fspad_hf.hub import SHIPPED_DIR, build_model_card
+from fspad_hf.storage import INT8_WEIGHTS_NAME, save_int8
 
 
 def main():
@@ -24,6 +25,7 @@ def main():
     p.add_argument("--data", default="1,500 self-distilled SmolLM2 answers to ShareGPT first turns 0-2399 + raw ShareGPT "
                    "first turns 2400-4399 (offline bf16 target features)")
     p.add_argument("--command", default="bash scripts/smollm2_heads.sh main", help="the command that trained it")
+    p.add_argument("--int8", action="store_true", help="store the weights as int8 (fspad_hf.storage; ~half of bf16)")
     a = p.parse_args()
     ckpt = Path(a.checkpoint)
     head = FSPADDraftModel.from_pretrained(ckpt).to(torch.bfloat16)
@@ -44,7 +46,13 @@ def main():
         "hardware": f"1 CPU core, no GPU (command: {a.command})",
     }
     out = SHIPPED_DIR / a.name
-    head.save_pretrained(out)
+    for stale in ("model.safetensors", INT8_WEIGHTS_NAME):  # re-finalising may switch formats
+        (out / stale).unlink(missing_ok=True)
+    if a.int8:
+        save_int8(head, out)
+        head = FSPADDraftModel.from_pretrained(out)  # the card describes what ships (dequantized weights)
+    else:
+        head.save_pretrained(out)
     build_model_card(head, training, a.benchmark).save(out / "README.md")
     print(f"wrote {out}: {sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB")
 

@@ -19,6 +19,7 @@ from .configuration_fspad import FSPADConfig
 from .layers import FeatureFusion, LayerOutput, adapt_layer, recipe_for
 from .losses import LossWeights, unrolled_objective
 from .safety import CorruptCheckpointError, check_head_folder, looks_like_missing_local_path
+from .storage import INT8_WEIGHTS_NAME, load_int8
 from .tree import causal_additive_mask
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ class FSPADDraftModel(FSPADPreTrainedModel):
 
         Pickle checkpoints are refused (`use_safetensors=True` is forced) and no code from the folder
         is run. A local folder is checked first, so a missing, corrupt or truncated file gives an
-        error naming that file.
+        error naming that file. A folder holding only `model.int8.safetensors` (compact storage of
+        bundled heads, `fspad_hf.storage`) is dequantized to `dtype` (default: the saved dtype).
         """
         if kwargs.get("use_safetensors") is False:
             raise ValueError("FSPAD heads load from safetensors only (use_safetensors=False would allow pickle files).")
@@ -116,6 +118,9 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         if source is not None and os.path.isdir(os.path.join(str(source), kwargs.get("subfolder") or "")):
             folder = os.path.join(str(source), kwargs.get("subfolder") or "")
             check_head_folder(folder, variant=kwargs.get("variant"), need_config=kwargs.get("config") is None)
+            if not os.path.isfile(os.path.join(folder, "model.safetensors")) and os.path.isfile(
+                    os.path.join(folder, INT8_WEIGHTS_NAME)):
+                return load_int8(cls, folder, kwargs.get("dtype", kwargs.get("torch_dtype")))
         try:
             return super().from_pretrained(source, *model_args, **kwargs)
         except SafetensorError as error:  # e.g. a Hub download cut short

@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
+INT8_WEIGHTS_NAME = "model.int8.safetensors"  # == fspad_hf.storage.INT8_WEIGHTS_NAME
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 _SAVE_HINT = "Save the head again with head.save_pretrained(folder) (it writes config.json + model.safetensors)."
@@ -99,6 +100,9 @@ def _weights_files(folder: Path, variant: str | None) -> list[Path]:
     single = folder / _variant_name(SAFE_WEIGHTS_NAME, variant)
     if single.is_file():
         return [single]
+    int8 = folder / INT8_WEIGHTS_NAME  # compact bundled storage (fspad_hf.storage)
+    if variant is None and int8.is_file():
+        return [int8]
     index = folder / _variant_name(SAFE_INDEX_NAME, variant)
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
