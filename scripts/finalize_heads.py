@@ -13,7 +13,8 @@ import torch
 import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
 from fspad_hf.hub import SHIPPED_DIR, build_model_card
-from fspad_hf.storage import INT8_WEIGHTS_NAME, save_int8
+from fspad_hf.safety import INT8_WEIGHTS_NAME
+from fspad_hf.storage import save_int8
 
 
 def main():

@@ -6,7 +6,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.storage import INT8_WEIGHTS_NAME, SCALE_SUFFIX, dequantize_int8, quantize_int8, save_int8
+from fspad_hf.safety import INT8_WEIGHTS_NAME
+from fspad_hf.storage import SCALE_SUFFIX, dequantize_int8, quantize_int8, save_int8
 from tests.conftest import make_target
 
 

@@ -18,8 +18,8 @@ from .binding import classes_for_config, decoder_of, output_logits, rotary_takes
 from .configuration_fspad import FSPADConfig
 from .layers import FeatureFusion, LayerOutput, adapt_layer, recipe_for
 from .losses import LossWeights, unrolled_objective
-from .safety import CorruptCheckpointError, check_head_folder, looks_like_missing_local_path
-from .storage import INT8_WEIGHTS_NAME, load_int8
+from .safety import INT8_WEIGHTS_NAME, CorruptCheckpointError, check_head_folder, looks_like_missing_local_path
+from .storage import load_int8
 from .tree import causal_additive_mask
 
 logger = logging.getLogger(__name__)
@@ -117,9 +117,8 @@ class FSPADDraftModel(FSPADPreTrainedModel):
             raise FileNotFoundError(f"Head folder not found: {source} (neither a local folder nor a Hub repo id 'owner/name').")
         if source is not None and os.path.isdir(os.path.join(str(source), kwargs.get("subfolder") or "")):
             folder = os.path.join(str(source), kwargs.get("subfolder") or "")
-            check_head_folder(folder, variant=kwargs.get("variant"), need_config=kwargs.get("config") is None)
-            if not os.path.isfile(os.path.join(folder, "model.safetensors")) and os.path.isfile(
-                    os.path.join(folder, INT8_WEIGHTS_NAME)):
+            files = check_head_folder(folder, variant=kwargs.get("variant"), need_config=kwargs.get("config") is None)
+            if [f.name for f in files] == [INT8_WEIGHTS_NAME]:
                 return load_int8(cls, folder, kwargs.get("dtype", kwargs.get("torch_dtype")))
         try:
             return super().from_pretrained(source, *model_args, **kwargs)

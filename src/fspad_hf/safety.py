@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
-INT8_WEIGHTS_NAME = "model.int8.safetensors"  # == fspad_hf.storage.INT8_WEIGHTS_NAME
+INT8_WEIGHTS_NAME = "model.int8.safetensors"  # int8 storage, see fspad_hf.storage
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 _SAVE_HINT = "Save the head again with head.save_pretrained(folder) (it writes config.json + model.safetensors)."
@@ -100,9 +100,6 @@ def _weights_files(folder: Path, variant: str | None) -> list[Path]:
     single = folder / _variant_name(SAFE_WEIGHTS_NAME, variant)
     if single.is_file():
         return [single]
-    int8 = folder / INT8_WEIGHTS_NAME  # compact bundled storage (fspad_hf.storage)
-    if variant is None and int8.is_file():
-        return [int8]
     index = folder / _variant_name(SAFE_INDEX_NAME, variant)
     if index.is_file():
         weight_map = _read_json(index).get("weight_map")
@@ -113,7 +110,8 @@ def _weights_files(folder: Path, variant: str | None) -> list[Path]:
         if missing:
             raise FileNotFoundError(f"{index} lists weight files that are missing from {folder}: {missing}.")
         return files
-    return []
+    int8 = folder / INT8_WEIGHTS_NAME  # compact storage of bundled heads (fspad_hf.storage)
+    return [int8] if variant is None and int8.is_file() else []
 
 
 def looks_like_missing_local_path(source: str | os.PathLike) -> bool:
@@ -124,8 +122,9 @@ def looks_like_missing_local_path(source: str | os.PathLike) -> bool:
     return isinstance(source, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", "")
 
 
-def check_head_folder(folder: str | os.PathLike, variant: str | None = None, need_config: bool = True) -> None:
+def check_head_folder(folder: str | os.PathLike, variant: str | None = None, need_config: bool = True) -> list[Path]:
     """Check a local head folder before loading: config present and sane, safetensors weights readable.
+    Returns the weights files that will be read.
 
     Raises:
         FileNotFoundError: no `config.json` (when `need_config`) or no weights at all.
@@ -155,6 +154,7 @@ def check_head_folder(folder: str | os.PathLike, variant: str | None = None, nee
         logger.info("Ignoring pickle file(s) %s in %s: only safetensors weights are loaded.", pickles, folder)
     for path in files:
         check_safetensors_file(path)
+    return files
 
 
 TRAINER_STATE_NAME = "trainer_state.json"

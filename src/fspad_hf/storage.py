@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-INT8_WEIGHTS_NAME = "model.int8.safetensors"
+from .safety import INT8_WEIGHTS_NAME, SAFE_INDEX_NAME, SAFE_WEIGHTS_NAME
+
 SCALE_SUFFIX = ".int8_scale"
 _FORMAT = "fspad-int8-rowwise-v1"
 
@@ -59,7 +60,7 @@ def save_int8(head, folder: str | os.PathLike, min_numel: int = 4096) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     head.config.save_pretrained(folder)
-    for stale in ("model.safetensors", "model.safetensors.index.json"):  # from_pretrained would prefer them
+    for stale in (SAFE_WEIGHTS_NAME, SAFE_INDEX_NAME):  # from_pretrained would prefer them
         (folder / stale).unlink(missing_ok=True)
     path = folder / INT8_WEIGHTS_NAME
     tmp = path.with_suffix(".tmp")
@@ -87,4 +88,4 @@ def load_int8(cls, folder: str | os.PathLike, dtype: torch.dtype | str | None = 
     return model.to(dtype).eval()
 
 
-__all__ = ["INT8_WEIGHTS_NAME", "dequantize_int8", "load_int8", "quantize_int8", "save_int8"]
+__all__ = ["dequantize_int8", "load_int8", "quantize_int8", "save_int8"]
