@@ -54,7 +54,9 @@ def main():
         head = FSPADDraftModel.from_pretrained(out)  # the card describes what ships (dequantized weights)
     else:
         head.save_pretrained(out)
-    build_model_card(head, training, a.benchmark).save(out / "README.md")
+    storage = ("stored as int8 with one scale per row in `model.int8.safetensors`, dequantized on load"
+               if a.int8 else None)
+    build_model_card(head, training, a.benchmark, weights_storage=storage).save(out / "README.md")
     print(f"wrote {out}: {sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB")
 
 

@@ -60,3 +60,12 @@ def test_int8_file_that_does_not_match_its_config_is_refused(tmp_path):
     (tmp_path / INT8_WEIGHTS_NAME).write_bytes(b"\x00" * 10)
     with pytest.raises(Exception, match="corrupt|truncated|model.int8.safetensors"):
         FSPADDraftModel.from_pretrained(tmp_path)
+
+
+def test_card_states_the_storage_format():
+    from fspad_hf.hub import build_model_card
+
+    head = FSPADDraftModel.from_target(make_target("llama"))
+    card = str(build_model_card(head, weights_storage="stored as int8"))
+    assert "| weights dtype | float32 (stored as int8) |" in card
+    assert "| weights dtype | float32 |" in str(build_model_card(head))

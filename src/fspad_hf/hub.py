@@ -195,7 +195,7 @@ def _num_parameters(head) -> str:
 
 def build_model_card(head, training_args: Any = None, benchmark: dict | str | Path | None = None,
                      base_model_license: str | None = None, *, repo_id: str | None = None,
-                     default_draft_model: str | None = None) -> ModelCard:
+                     default_draft_model: str | None = None, weights_storage: str | None = None) -> ModelCard:
     """The head's model card, rendered from `model_cards/fspad_head_card.md.j2`.
 
     training_args: a dict (or `TrainingArguments`) with any of `data`, `datasets` (Hub ids, for the
@@ -203,6 +203,7 @@ def build_model_card(head, training_args: Any = None, benchmark: dict | str | Pa
     benchmark: a `fspad-hf bench` summary (dict or JSON path) for the benchmark tables.
     base_model_license: license id; default: the target's, when it is a known target.
     repo_id: used in the usage snippets; default_draft_model: where `custom_generate` loads weights from.
+    weights_storage: how the weights are stored when not plainly in `dtype` (e.g. int8, see `fspad_hf.storage`).
     """
     from transformers import __version__ as transformers_version
 
@@ -231,7 +232,7 @@ def build_model_card(head, training_args: Any = None, benchmark: dict | str | Pa
         target_architecture=cfg.target_architecture or "?", target_model_type=tc.get("model_type", "?"),
         hidden_size=cfg.hidden_size, vocab_size=cfg.vocab_size,
         tree_total_tokens=cfg.tree_total_tokens, tree_depth=cfg.tree_depth, tree_top_k=cfg.tree_top_k,
-        dtype=str(head.dtype).replace("torch.", ""),
+        dtype=str(head.dtype).replace("torch.", "") + (f" ({weights_storage})" if weights_storage else ""),
         fspad_version=fspad_version, transformers_version=cfg.transformers_version or transformers_version,
         training_rows=training_rows(training_args),
         bench=benchmark_context(bench) if bench else None,
