@@ -130,8 +130,12 @@ def tiny_chat_tokenizer():
     return out
 
 
+def skip_unless_slow_selected(config) -> None:
+    """Slow tests run only when the -m expression asks for them (e.g. ``-m slow``)."""
+    if "slow" not in (config.getoption("markexpr") or ""):
+        pytest.skip("slow; select with -m slow")
+
+
 @pytest.fixture
 def only_if_slow_selected(request):
-    """Slow tests run only when the -m expression asks for them (e.g. ``-m slow``)."""
-    if "slow" not in (request.config.getoption("markexpr") or ""):
-        pytest.skip("slow; select with -m slow")
+    skip_unless_slow_selected(request.config)

