@@ -71,7 +71,7 @@ def save_int8(head, folder: str | os.PathLike, min_numel: int = 4096) -> Path:
 
 def load_int8(cls, folder: str | os.PathLike, dtype: torch.dtype | str | None = None):
     """Build `cls` from `folder`'s config and its int8 weights, dequantized to `dtype` (default: the
-    config's `torch_dtype`, else float32). Every parameter and buffer must be present (strict)."""
+    config's `dtype`, else float32). Every parameter and buffer must be present (strict)."""
     folder = Path(folder)
     config = cls.config_class.from_pretrained(folder)
     if dtype in (None, "auto"):
