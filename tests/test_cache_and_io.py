@@ -108,3 +108,15 @@ def test_poss_specialist_mapping():
         cfg.specialist_for_position(0)
     assert FSPADConfig(feature_sampling=False, partial_alignment=False).method_name == "EAGLE-2"
     assert cfg.method_name == "FSPAD+PosS-2"
+
+
+def test_loading_a_state_dict_with_another_draft_vocab_refreshes_the_draft_lm_head():
+    """Trainer resume / init_from load d2t into a bound head: its draft logits must follow the new d2t."""
+    target = make_target("llama", seed=3)
+    head = FSPADDraftModel.from_target(target, draft_vocab_size=16)  # bound, d2t = 0..15
+    other = FSPADDraftModel.from_target(target, draft_vocab_size=16)
+    other.set_draft_vocab(torch.arange(80, 96))
+    head.load_state_dict(other.state_dict())
+    x = torch.randn(1, 3, head.config.hidden_size)
+    expected = target.lm_head(x)[..., 80:96]  # the target's own logits of the new draft tokens
+    assert torch.allclose(head.draft_logits(x), expected, atol=1e-5)

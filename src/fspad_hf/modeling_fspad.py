@@ -98,6 +98,9 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         else:
             self.d2t = None
         self.__dict__["_bound"] = None  # target modules: used frozen, never registered nor saved
+        # Loading weights (Trainer resume, init_from, int8 storage) may bring another d2t: the cached
+        # draft LM head rows must follow it.
+        self.register_load_state_dict_post_hook(_refresh_after_load)
         self.post_init()
 
     @classmethod
@@ -316,6 +319,11 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         return FSPADOutput(
             logits=logits, predict_hidden=out.predict, regress_hidden=out.regress, past_key_values=past_key_values
         )
+
+
+def _refresh_after_load(module: FSPADDraftModel, incompatible_keys) -> None:
+    if module._bound is not None and module.d2t is not None:
+        module._refresh_draft_lm_head()
 
 
 def unwrap_head(model) -> FSPADDraftModel:
