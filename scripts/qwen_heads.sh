@@ -6,9 +6,13 @@
 #   bash scripts/qwen_heads.sh distill    # self-distillation of ShareGPT first turns 0-2399 (stop any time)
 #   bash scripts/qwen_heads.sh features   # offline bf16 target features (raw ShareGPT + distilled answers)
 #   bash scripts/qwen_heads.sh main       # EAGLE-2 and FSPAD heads in parallel, then the PosS-2 head
+#
+# Session 3 budget (the shipped heads): features of 653 distilled answers + 904 raw ShareGPT first turns
+# (~13 min, both extractions in parallel); EAGLE-2 1200 steps (~1 s/step) and FSPAD 1200 steps (~1.6 s/step)
+# in parallel; PosS 300 unrolled steps (~7-9 s/step). Shipped with scripts/finalize_heads.py --int8.
 set -euo pipefail
 STEP=${1:-all}
-DISTILLED=${DISTILLED:-600}
+DISTILLED=${DISTILLED:-653}
 DATA=data/qwen-coder-0.5b/distilled.jsonl
 T=(--target qwen-coder-0.5b --target_dtype bfloat16)
 
