@@ -139,3 +139,22 @@ def skip_unless_slow_selected(config) -> None:
 @pytest.fixture
 def only_if_slow_selected(request):
     skip_unless_slow_selected(request.config)
+
+
+# The core subset (`pytest -m core`): what must hold on every supported transformers release. CI runs it
+# against the floor release; `scripts/check_transformers.sh VERSION` runs it against any release.
+CORE_FILES = {
+    "test_greedy_identity.py",  # token identity with plain generate()
+    "test_sampling.py",  # the sampling law
+    "test_cache_and_io.py",  # cache surgery, save / load
+    "test_bad_input.py",  # clear errors
+    "test_trainer.py",  # training, resume
+    "test_generate_api.py",  # generate() routes, cache names, deprecations
+    "test_real_targets.py",  # real SmolLM2 identity
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in CORE_FILES:
+            item.add_marker(pytest.mark.core)

@@ -1,14 +1,16 @@
 """generate() integration: options, routes, statistics, and clear errors."""
 
 import logging
+import warnings
 
 import pytest
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
-from transformers.cache_utils import StaticCache
+from transformers.cache_utils import DynamicCache, StaticCache
 
 import fspad_hf
 from fspad_hf import FSPADDraftModel
+from fspad_hf.compat import GENERATE_CACHE_FIELD, cache_kwargs
 from tests.conftest import OracleDrafter, generate_with_oracle, make_target
 
 
@@ -116,9 +118,6 @@ def test_batch_beams_return_sequences_static_cache_padding(pair):
         target.generate(IDS, assistant_model=head, max_new_tokens=3, do_sample=True, num_return_sequences=2)
     with pytest.raises(ValueError, match="dynamic cache"):
         target.generate(IDS, assistant_model=head, max_new_tokens=3, cache_implementation="static")
-    cache = StaticCache(config=target.config, max_cache_len=64)
-    with pytest.raises(ValueError, match="DynamicCache"):
-        target.generate(IDS, assistant_model=head, max_new_tokens=3, past_key_values=cache)
     mask = torch.ones_like(IDS)
     mask[0, 0] = 0
     with pytest.raises(ValueError, match="padded"):
@@ -165,3 +164,36 @@ def test_unbound_head_and_empty_prompt(pair):
         head(torch.tensor([[1]]), torch.zeros(1, 1, 32))
     with pytest.raises(ValueError):
         target.generate(torch.zeros(1, 0, dtype=torch.long), assistant_model=head, max_new_tokens=3)
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_user_cache_is_refused_under_every_name(pair, name):
+    """A static or already filled cache would be silently ignored; it must be refused whatever it is called.
+
+    transformers 5.24 renamed the cache keyword to `cache` (the old name still works, with a warning).
+    """
+    target, head = pair
+    with pytest.raises(ValueError, match="DynamicCache, got StaticCache"):
+        target.generate(IDS, assistant_model=head, max_new_tokens=3, **{name: StaticCache(config=target.config, max_cache_len=64)})
+    filled = DynamicCache()
+    target(input_ids=IDS, use_cache=True, **cache_kwargs(filled))
+    assert filled.get_seq_length() == IDS.shape[1]
+    with pytest.raises(ValueError, match="already holds"):
+        target.generate(IDS, assistant_model=head, max_new_tokens=3, **{name: filled})
+    with pytest.raises(ValueError, match="already holds"):
+        target.generate(IDS, custom_generate=fspad_hf.tree_generate, draft_model=head, max_new_tokens=3, **{name: filled})
+
+
+def test_our_calls_raise_no_deprecation_warning(pair, caplog):
+    """On releases that renamed the cache keyword, every call we make uses the current name."""
+    target, head = pair
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="transformers"):
+        warnings.simplefilter("always")
+        out = target.generate(IDS, assistant_model=head, max_new_tokens=12, return_dict_in_generate=True)
+        assert getattr(out, GENERATE_CACHE_FIELD) is not None
+        head.train()
+        head(input_ids=IDS, hidden_states=torch.randn(1, IDS.shape[1], head.config.hidden_size), loss_mask=torch.ones_like(IDS))
+        head.eval()
+    messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
+    deprecated = [m for m in messages if "deprecat" in m.lower()]
+    assert not deprecated, deprecated

@@ -20,6 +20,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 import fspad_hf.generation as generation
 from fspad_hf import FSPADDraftModel
+from fspad_hf.compat import GENERATE_CACHE_FIELD
 from tests.conftest import make_target
 
 WARMUP_CALLS = 3
@@ -133,7 +134,7 @@ def test_returned_cache_lives_only_as_long_as_the_output(pair, monkeypatch):
     target, head = pair
     objects = PerCallObjects(monkeypatch)
     out = target.generate(prompt(1), assistant_model=head, max_new_tokens=20, return_dict_in_generate=True)
-    assert out.past_key_values is not None and objects.alive()["target_cache"] == 1
+    assert getattr(out, GENERATE_CACHE_FIELD) is not None and objects.alive()["target_cache"] == 1
     assert objects.alive()["head_cache"] == 0, "the head's cache must not outlive the call"
     del out
     assert objects.alive() == {"candidate_generator": 0, "head_cache": 0, "target_cache": 0}

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import Cache, DynamicCache
+
+from .compat import FULL_CACHE_LAYER, is_full_cache_layer
 
 
-def _layers(cache: DynamicCache) -> list[DynamicLayer]:
+def _layers(cache: DynamicCache) -> list:
     layers = getattr(cache, "layers", None)
     if layers is None:
         raise TypeError(f"fspad_hf needs a DynamicCache with per-layer storage, got {type(cache).__name__}.")
     for layer in layers:
-        if type(layer) is not DynamicLayer:
+        if not is_full_cache_layer(layer):
             raise TypeError(
                 f"fspad_hf keeps only full (non-sliding, non-quantized) cache layers, got {type(layer).__name__}: "
                 "tree tokens must be removable from every layer."

@@ -13,11 +13,11 @@ import time
 
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-from transformers.cache_utils import DynamicCache, StaticCache
-from transformers.generation.utils import GenerateDecoderOnlyOutput
+from transformers.cache_utils import DynamicCache
 
 from .binding import decoder_of, target_logits, text_config_of
 from .cache import compact_cache
+from .compat import cache_kwargs, generate_output, user_caches
 from .candidate_generator import FSPADCandidateGenerator, TreeSettings
 from .modeling_fspad import FSPADDraftModel
 from .stats import GenerationStats
@@ -71,14 +71,17 @@ def validate_request(model, input_ids: torch.LongTensor, generation_config: Gene
             f"FSPAD tree decoding needs a dynamic cache, got cache_implementation='{generation_config.cache_implementation}'. "
             "Drop cache_implementation (static caches cannot drop rejected tree tokens)."
         )
-    past = model_kwargs.get("past_key_values")
-    if isinstance(past, StaticCache) or (past is not None and not isinstance(past, DynamicCache)):
-        raise ValueError(
-            f"FSPAD tree decoding needs a DynamicCache, got {type(past).__name__}. Do not pass past_key_values "
-            "(static/quantized/offloaded caches cannot drop rejected tree tokens)."
-        )
-    if past is not None and past.get_seq_length() > 0:
-        raise ValueError("FSPAD tree decoding starts from an empty cache; do not pass a filled past_key_values.")
+    for name, past in user_caches(model_kwargs):
+        if not isinstance(past, DynamicCache):
+            raise ValueError(
+                f"FSPAD tree decoding needs a DynamicCache, got {type(past).__name__} (passed as `{name}`). Do not "
+                "pass a cache: static, sliding, quantized or offloaded caches cannot drop rejected tree tokens."
+            )
+        if past.get_seq_length() > 0:
+            raise ValueError(
+                f"FSPAD tree decoding starts from an empty cache, but `{name}` already holds {past.get_seq_length()} "
+                "positions. Do not pass a filled cache: pass the whole text as input_ids instead."
+            )
     mask = model_kwargs.get("attention_mask")
     if mask is not None and not bool((mask == 1).all()):
         raise ValueError("FSPAD tree decoding does not support padded prompts (attention_mask has zeros).")
@@ -115,7 +118,7 @@ def tree_mask(cfg, tree: DraftTree, context_len: int, positions: torch.LongTenso
 def target_forward(model, ids: torch.LongTensor, cache: DynamicCache, attention_mask=None, position_ids=None):
     """One target forward: (post-final-norm features `[1, T, H]`, float32 logits `[T, V]`)."""
     out = decoder_of(model)(
-        input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True
+        input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache_kwargs(cache)
     )
     features = out.last_hidden_state
     return features, target_logits(model, features[0]).float()
@@ -203,11 +206,11 @@ def run_tree_decoding(
     if streamer is not None:
         streamer.end()
     if generation_config.return_dict_in_generate:
-        return GenerateDecoderOnlyOutput(
+        return generate_output(
             sequences=input_ids,
             scores=tuple(all_scores) if want_scores else None,
             logits=tuple(all_logits) if want_logits else None,
-            past_key_values=cache if generation_config.use_cache else None,
+            cache=cache if generation_config.use_cache else None,
         )
     return input_ids
 

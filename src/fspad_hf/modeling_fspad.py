@@ -15,6 +15,7 @@ from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
 from .binding import classes_for_config, decoder_of, output_logits, rotary_takes_layer_type, text_config_of, tokenizer_fingerprint
+from .compat import cache_kwargs
 from .configuration_fspad import FSPADConfig
 from .layers import FeatureFusion, LayerOutput, adapt_layer, recipe_for
 from .losses import LossWeights, unrolled_objective
@@ -32,7 +33,7 @@ class FSPADOutput(ModelOutput):
     logits: `[B, T, V_draft]` draft logits from the predict half (None if not requested).
     predict_hidden: `[B, T, H]` o_p, the logits source (equals `regress_hidden` without PAD).
     regress_hidden: `[B, T, H]` o_r, the predicted next target feature (fed back when drafting).
-    past_key_values: the head's own KV cache, when one was passed.
+    cache: the head's own KV cache, when one was passed (the field name of transformers >= 5.24).
     loss / metrics: the training objective and its parts, when `loss_mask` was given.
     """
 
@@ -40,7 +41,7 @@ class FSPADOutput(ModelOutput):
     logits: torch.Tensor | None = None
     predict_hidden: torch.Tensor | None = None
     regress_hidden: torch.Tensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     metrics: dict | None = None
 
 
@@ -263,7 +264,7 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         attn_kwargs = {
             "position_embeddings": self.position_embeddings(fused, position_ids),
             "attention_mask": attention_mask,
-            "past_key_values": past_key_values,
+            **cache_kwargs(past_key_values),
             "position_ids": position_ids,
         }
         return self._recipe(self.layers[layer_index], fused, attn_kwargs, self.config.partial_alignment)
@@ -317,7 +318,7 @@ class FSPADDraftModel(FSPADPreTrainedModel):
             hidden = out.predict if logits_to_keep == 0 else out.predict[:, -logits_to_keep:]
             logits = self.draft_logits(hidden)
         return FSPADOutput(
-            logits=logits, predict_hidden=out.predict, regress_hidden=out.regress, past_key_values=past_key_values
+            logits=logits, predict_hidden=out.predict, regress_hidden=out.regress, cache=past_key_values
         )
 
 

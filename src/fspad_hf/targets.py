@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .compat import cache_kwargs, output_cache
 from .safety import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -290,13 +291,13 @@ def measure_forward_ms(
     gen = torch.Generator().manual_seed(seed)
     vocab = model.config.get_text_config().vocab_size
     ctx = torch.randint(0, vocab, (1, ctx_len), generator=gen).to(device)
-    cache = model(input_ids=ctx, use_cache=True).past_key_values
+    cache = output_cache(model(input_ids=ctx, use_cache=True))
     new = {k: torch.randint(0, vocab, (1, k), generator=gen).to(device) for k in ks}
     times: dict[int, list[float]] = {k: [] for k in ks}
     for r in range(warmup + reps):
         for k in ks:
             t = time.perf_counter()
-            model(input_ids=new[k], past_key_values=cache, use_cache=True)
+            model(input_ids=new[k], use_cache=True, **cache_kwargs(cache))
             dt = time.perf_counter() - t
             cache.crop(-k)
             if cache.get_seq_length() != ctx_len:
