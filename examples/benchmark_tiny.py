@@ -1,6 +1,6 @@
 """Benchmark plain generate() vs prompt lookup vs a draft head on a tiny random target (CPU, seconds).
 
-The same runner as `fspad-hf bench` (`fspad_hf.benchmark.run_benchmark`): methods interleaved question by
+The same runner as `fspad-hf bench` (`fspad_hf.evaluation.benchmark.run_benchmark`): methods interleaved question by
 question, multi-turn questions answered turn by turn, tau from target forward counts, identity to the
 baseline checked (greedy). Questions are inline and the chat tokenizer is trained in code, so nothing is
 downloaded. The head is untrained, so expect tau close to 1 and no speed-up: the point is the pipeline
@@ -19,7 +19,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
-from fspad_hf.benchmark import Method, markdown_table, run_benchmark
+from fspad_hf.evaluation.benchmark import Method, markdown_table, run_benchmark
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -77,7 +77,7 @@ def main():
     fspad = summary["methods"]["fspad"]["overall"]
     print(f"fspad: tau {fspad['tau']:.2f}, identical to baseline: {fspad['identical_to_baseline']}")
     # The same numbers through the packaged `evaluate` metric (loaded from a local folder, offline):
-    from fspad_hf.metrics import load_metric, load_records, records_to_inputs
+    from fspad_hf.evaluation.metrics import load_metric, load_records, records_to_inputs
 
     scores = load_metric(keep_in_memory=True).compute(
         **records_to_inputs(load_records(output.with_suffix(".partial.jsonl")), method="fspad"))

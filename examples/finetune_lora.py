@@ -17,10 +17,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import fspad_hf  # noqa: F401  (assistant_model=<head> route, also for PEFT-wrapped heads)
 from fspad_hf import FSPADDraftModel
-from fspad_hf.data import ChatDataset
-from fspad_hf.distill import greedy_continuations
-from fspad_hf.modeling_fspad import unwrap_head
-from fspad_hf.trainer import FSPADTrainer, FSPADTrainingArguments
+from fspad_hf.training.data import ChatDataset
+from fspad_hf.training.distill import greedy_continuations
+from fspad_hf.head.modeling import unwrap_head
+from fspad_hf.training.trainer import FSPADTrainer, FSPADTrainingArguments
 
 
 def make_target():

@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
-from fspad_hf.hub import build_model_card, push_head
+from fspad_hf.sharing.hub import build_model_card, push_head
 
 FAKE_BENCHMARK = {  # the layout `fspad-hf bench` writes (numbers made up for the demo)
     "config": {"target": "tiny-random-llama", "dtype": "float32", "machine": "Linux-x86_64", "torch": torch.__version__,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
-from fspad_hf.data import ChatDataset, load_conversations
+from fspad_hf.training.data import ChatDataset, load_conversations
 from fspad_hf.targets import load_target
-from fspad_hf.trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
+from fspad_hf.training.trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 

@@ -16,9 +16,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
-from fspad_hf.data import ChatDataset
-from fspad_hf.distill import greedy_continuations
-from fspad_hf.trainer import FSPADTrainer, FSPADTrainingArguments
+from fspad_hf.training.data import ChatDataset
+from fspad_hf.training.distill import greedy_continuations
+from fspad_hf.training.trainer import FSPADTrainer, FSPADTrainingArguments
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 log = logging.getLogger("train_tiny")

@@ -12,9 +12,10 @@ import torch
 
 import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
-from fspad_hf.hub import SHIPPED_DIR, build_model_card
-from fspad_hf.safety import INT8_WEIGHTS_NAME
-from fspad_hf.storage import save_int8
+from fspad_hf.head.shipped import heads_dir
+from fspad_hf.sharing.hub import build_model_card
+from fspad_hf.head.loading import INT8_WEIGHTS_NAME
+from fspad_hf.head.storage import save_int8
 
 
 def main():
@@ -26,7 +27,7 @@ def main():
     p.add_argument("--data", default="1,500 self-distilled SmolLM2 answers to ShareGPT first turns 0-2399 + raw ShareGPT "
                    "first turns 2400-4399 (offline bf16 target features)")
     p.add_argument("--command", default="bash scripts/smollm2_heads.sh main", help="the command that trained it")
-    p.add_argument("--int8", action="store_true", help="store the weights as int8 (fspad_hf.storage; ~half of bf16)")
+    p.add_argument("--int8", action="store_true", help="store the weights as int8 (fspad_hf.head.storage; ~half of bf16)")
     a = p.parse_args()
     ckpt = Path(a.checkpoint)
     head = FSPADDraftModel.from_pretrained(ckpt).to(torch.bfloat16)
@@ -46,7 +47,7 @@ def main():
         "seed": 0,
         "hardware": f"1 CPU core, no GPU (command: {a.command})",
     }
-    out = SHIPPED_DIR / a.name
+    out = heads_dir() / a.name
     for stale in ("model.safetensors", INT8_WEIGHTS_NAME):  # re-finalising may switch formats
         (out / stale).unlink(missing_ok=True)
     if a.int8:

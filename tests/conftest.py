@@ -18,8 +18,8 @@ from transformers import (
 )
 
 import fspad_hf  # noqa: F401  (installs the generate() route)
-from fspad_hf.generation import run_tree_decoding
-from fspad_hf.tree import DraftTree, ancestor_mask
+from fspad_hf.decoding.generation import run_tree_decoding
+from fspad_hf.decoding.tree import DraftTree, ancestor_mask
 
 # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine OpenMP spin-waiting
 # makes them very slow; one thread keeps the suite fast and stable.
@@ -73,10 +73,10 @@ class OracleDrafter:
         self.vocab = vocab
         self.gen = torch.Generator().manual_seed(seed)
 
-    def update_candidate_strategy(self, input_ids, features, num_matches):
+    def observe(self, features):
         pass
 
-    def get_candidates(self, input_ids, max_depth=None) -> DraftTree:
+    def draft(self, input_ids, max_depth=None) -> DraftTree:
         cur = input_ids.shape[1]
         chain = self.ref[cur : cur + self.depth].tolist()
         tokens, parents, depth = [], [], []

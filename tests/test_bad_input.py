@@ -19,9 +19,9 @@ from transformers import AutoModel
 
 import fspad_hf
 from fspad_hf import FSPADConfig, FSPADDraftModel
-from fspad_hf.chat_masks import tokenize_conversation
-from fspad_hf.data import load_conversations
-from fspad_hf.safety import CorruptCheckpointError
+from fspad_hf.training.chat_masks import tokenize_conversation
+from fspad_hf.training.data import load_conversations
+from fspad_hf.head.loading import CorruptCheckpointError
 from tests.conftest import make_target, tiny_chat_tokenizer
 
 IDS = torch.tensor([[5, 17, 3, 44, 2, 9]])
@@ -350,7 +350,7 @@ def test_chat_template_without_assistant_markers():
 
 
 def _trainer(target, dataset, tmp_path):
-    from fspad_hf.trainer import FSPADTrainer, FSPADTrainingArguments
+    from fspad_hf.training.trainer import FSPADTrainer, FSPADTrainingArguments
 
     args = FSPADTrainingArguments(output_dir=str(tmp_path), max_steps=2, use_cpu=True, disable_tqdm=True,
                                   save_strategy="no", report_to=[])
@@ -358,14 +358,14 @@ def _trainer(target, dataset, tmp_path):
 
 
 def test_trainer_needs_a_target(target, tmp_path):
-    from fspad_hf.trainer import FSPADTrainer
+    from fspad_hf.training.trainer import FSPADTrainer
 
     with pytest.raises(ValueError, match="target="):
         FSPADTrainer(model=FSPADDraftModel.from_target(target), target=None)
 
 
 def test_trainer_with_an_empty_dataset(target, tmp_path):
-    from fspad_hf.data import ChatDataset
+    from fspad_hf.training.data import ChatDataset
 
     with pytest.raises(ValueError, match="empty"):
         _trainer(target, ChatDataset([]), tmp_path).train()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.benchmark import Method, first_divergences, load_questions, markdown_table, prompt_ids, run_benchmark
+from fspad_hf.evaluation.benchmark import Method, first_divergences, load_questions, markdown_table, prompt_ids, run_benchmark
 from tests.conftest import make_target, tiny_chat_tokenizer
 
 
@@ -74,7 +74,7 @@ def test_plots_are_written(tmp_path):
     import pytest
 
     pytest.importorskip("matplotlib")
-    from fspad_hf.benchmark import plot
+    from fspad_hf.evaluation.benchmark import plot
 
     summary = {"methods": {
         "baseline": {"overall": {"tau": 1.0}, "per_category": {"qa": {"speedup": 1.0, "tau": 1.0}}},

@@ -9,10 +9,11 @@ from transformers import AutoModel
 from transformers.cache_utils import DynamicCache
 
 from fspad_hf import FSPADConfig, FSPADDraftModel
-from fspad_hf.cache import compact_cache
-from fspad_hf.candidate_generator import FSPADCandidateGenerator, TreeSettings
-from fspad_hf.generation import target_forward, tree_mask
-from fspad_hf.tree import DraftTree, ancestor_mask
+from fspad_hf.decoding.cache import compact_cache
+from fspad_hf.decoding.drafter import TreeDrafter
+from fspad_hf.decoding.settings import TreeSettings
+from fspad_hf.decoding.generation import target_forward, tree_mask
+from fspad_hf.decoding.tree import DraftTree, ancestor_mask
 from tests.conftest import make_target
 
 
@@ -44,10 +45,10 @@ def test_compacted_cache_equals_fresh_forward(arch):
 
 
 def _tree_of(head, target, ids):
-    gen = FSPADCandidateGenerator(head, TreeSettings(12, 4, 3))
+    gen = TreeDrafter(head, TreeSettings(12, 4, 3))
     feats, _ = target_forward(target, ids[:, :-1], DynamicCache())
-    gen.update_candidate_strategy(ids, feats, 0)
-    return gen.get_candidates(ids)
+    gen.observe(feats)
+    return gen.draft(ids)
 
 
 @pytest.mark.parametrize("draft_vocab", [None, 40])

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 from fspad_hf import FSPADDraftModel
 from fspad_hf.cli import _source_range, main

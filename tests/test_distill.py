@@ -1,4 +1,4 @@
-"""Tests for fspad_hf.distill: regenerating assistant turns with the target (tiny random models)."""
+"""Tests for fspad_hf.training.distill: regenerating assistant turns with the target (tiny random models)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-import fspad_hf.distill as distill
-from fspad_hf.data import load_conversations
-from fspad_hf.distill import read_done_ids, regenerate_conversations, stop_token_ids
+import fspad_hf.training.distill as distill
+from fspad_hf.training.data import load_conversations
+from fspad_hf.training.distill import read_done_ids, regenerate_conversations, stop_token_ids
 from tests.conftest import make_target
 
 CHATML = (

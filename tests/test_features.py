@@ -1,4 +1,4 @@
-"""Tests for fspad_hf.features: target features, resumable offline extraction, the offline dataset."""
+"""Tests for fspad_hf.training.features: target features, resumable offline extraction, the offline dataset."""
 
 from __future__ import annotations
 
@@ -6,14 +6,15 @@ import json
 import pickle
 
 import pytest
+
+from fspad_hf.training.batches import collate
 import torch
 from safetensors.torch import load_file
 
-import fspad_hf.features as features
-from fspad_hf.features import (
+import fspad_hf.training.features as features
+from fspad_hf.training.features import (
     MANIFEST_NAME,
     OfflineFeatureDataset,
-    collate_features,
     extract_features,
     feature_tokens,
     load_feature_sets,
@@ -109,7 +110,7 @@ def test_target_features_right_padding_matches_unpadded(llama):
 
 def test_roundtrip_exact_tokens_and_features(llama, tmp_path, caplog):
     examples = make_examples(7)
-    with caplog.at_level("INFO", logger="fspad_hf.features"):
+    with caplog.at_level("INFO", logger="fspad_hf.training.features"):
         out = extract_features(llama, examples, tmp_path / "f", shard_size=3)
     total = sum(len(e["input_ids"]) for e in examples)
     assert f"{total} tokens x H=32 x 2 bytes" in caplog.text  # size estimate logged
@@ -148,7 +149,7 @@ def test_batched_extraction_float32_and_collate(llama, tmp_path):
     for i, example in enumerate(examples):
         torch.testing.assert_close(dataset[i]["hidden_states"], fresh_features(llama, example["input_ids"]),
                                    rtol=1e-5, atol=1e-5)
-    batch = collate_features([dataset[0], dataset[1]], pad_token_id=7)
+    batch = collate([dataset[0], dataset[1]], pad_token_id=7)
     n0, n1 = (len(examples[i]["input_ids"]) for i in (0, 1))
     width = max(n0, n1)
     assert batch["hidden_states"].shape == (2, width, 32) and batch["input_ids"].shape == (2, width)

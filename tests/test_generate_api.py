@@ -11,6 +11,7 @@ from transformers.cache_utils import DynamicCache, StaticCache
 import fspad_hf
 from fspad_hf import FSPADDraftModel
 from fspad_hf.compat import GENERATE_CACHE_FIELD, cache_kwargs
+from fspad_hf.training.objective import DraftObjective
 from tests.conftest import OracleDrafter, generate_with_oracle, make_target
 
 
@@ -191,8 +192,8 @@ def test_our_calls_raise_no_deprecation_warning(pair, caplog):
         warnings.simplefilter("always")
         out = target.generate(IDS, assistant_model=head, max_new_tokens=12, return_dict_in_generate=True)
         assert getattr(out, GENERATE_CACHE_FIELD) is not None
-        head.train()
-        head(input_ids=IDS, hidden_states=torch.randn(1, IDS.shape[1], head.config.hidden_size), loss_mask=torch.ones_like(IDS))
+        objective = DraftObjective(head).train()
+        objective(IDS, torch.randn(1, IDS.shape[1], head.config.hidden_size), torch.ones_like(IDS), unroll_steps=2)
         head.eval()
     messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     deprecated = [m for m in messages if "deprecat" in m.lower()]

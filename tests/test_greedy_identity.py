@@ -52,8 +52,8 @@ def test_oracle_uses_full_depth_and_stops_mid_path():
     target = make_target("llama", seed=4)
     ids = _prompt(5, 8)
     full = target.generate(ids, max_new_tokens=60, do_sample=False)
-    from fspad_hf.stats import GenerationStats
-    from fspad_hf.generation import run_tree_decoding  # noqa: F401
+    from fspad_hf.decoding.stats import GenerationStats
+    from fspad_hf.decoding.generation import run_tree_decoding  # noqa: F401
     for max_new in (1, 2, 5, 6, 7, 13):  # rounds give 6 tokens: limits fall inside accepted paths
         ref = target.generate(ids, max_new_tokens=max_new, do_sample=False)
         out = generate_with_oracle(target, ids, OracleDrafter(full, depth=5), max_new_tokens=max_new, do_sample=False)
@@ -81,9 +81,8 @@ def test_oracle_eos_inside_accepted_path():
 
 def test_oracle_acceptance_is_long():
     """The oracle's main branch is always accepted: every round emits depth + 1 tokens."""
-    import functools
-    from fspad_hf.generation import run_tree_decoding
-    from fspad_hf.stats import GenerationStats
+    from fspad_hf.decoding.generation import run_tree_decoding
+    from fspad_hf.decoding.stats import GenerationStats
 
     target = make_target("llama", seed=7)
     ids = _prompt(7, 9)

@@ -17,8 +17,8 @@ from safetensors import safe_open
 from transformers.generation.streamers import BaseStreamer
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.custom_generate_template import CARD_TEMPLATE_NAME, TEMPLATE_DIR, VendoringError, check_standalone
-from fspad_hf.hub import EXPECTED_FILES, build_model_card, cmd_push, push_head, push_parser, save_head_repo
+from fspad_hf.sharing.standalone import CARD_TEMPLATE_NAME, TEMPLATE_DIR, VendoringError, check_standalone
+from fspad_hf.sharing.hub import EXPECTED_FILES, build_model_card, cmd_push, push_head, push_parser, save_head_repo
 from tests.conftest import make_target
 
 REPO = "someone/tiny-llama-fspad"
@@ -282,7 +282,7 @@ def test_custom_generate_without_the_package(head, target, tmp_path):
 
 
 def test_head_push_to_hub_uses_the_full_repo_route(monkeypatch):
-    import fspad_hf.hub as hub
+    import fspad_hf.sharing.hub as hub
     from fspad_hf import FSPADDraftModel
     from tests.conftest import make_target
 

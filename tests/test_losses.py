@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.losses import position_mask, unroll_mask, unrolled_objective, unrolled_outputs
-from fspad_hf.tree import causal_additive_mask
+from fspad_hf.training.losses import position_mask, unroll_mask, unrolled_outputs
+from fspad_hf.masks import causal_additive_mask
+from fspad_hf.training.objective import DraftObjective
 from tests.conftest import make_target
 
 
@@ -54,9 +55,9 @@ def test_unrolled_outputs_equal_sequential_drafting(layers, per):
                         fused.append(head.fusion(head.embed(ids[:, s + 1 : s + 2]), prev))
                     z = torch.cat(fused, dim=1)
                     n = z.shape[1]
-                    out = head.run_layer(layer, z, torch.arange(n)[None], causal_additive_mask(n, 0, z.dtype, z.device), None)
-                    prev = out.regress[:, -1:]
-                torch.testing.assert_close(outs[k].regress[:, t], prev[:, 0], atol=1e-9, rtol=1e-9)
+                    out = head.draft_step(layer, z, torch.arange(n)[None], causal_additive_mask(n, 0, z.dtype, z.device), None)
+                    prev = out.feedback[:, -1:]
+                torch.testing.assert_close(outs[k].feedback[:, t], prev[:, 0], atol=1e-9, rtol=1e-9)
                 torch.testing.assert_close(outs[k].predict[:, t], out.predict[:, -1], atol=1e-9, rtol=1e-9)
 
 
@@ -65,19 +66,20 @@ def test_loss_decreases_and_parts_logged(fs, pad):
     torch.manual_seed(0)
     target = make_target("llama", seed=2)
     head = FSPADDraftModel.from_target(target, feature_sampling=fs, partial_alignment=pad).train()
+    objective = DraftObjective(head)
     ids = torch.randint(0, 96, (4, 24))
     mask = torch.ones_like(ids)
     feats = _features(target, ids)
     opt = torch.optim.AdamW(head.parameters(), lr=3e-3)
     losses = []
     for _ in range(60):
-        out = head(ids, feats, loss_mask=mask, unroll_steps=2)
+        loss, metrics = objective(ids, feats, mask, unroll_steps=2)
         opt.zero_grad()
-        out.loss.backward()
+        loss.backward()
         opt.step()
-        losses.append(out.loss.item())
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
-    assert {"feature_loss_p1", "logit_loss_p1", "acc_p1", "acc_p2"} <= set(out.metrics)
+    assert {"feature_loss_p1", "logit_loss_p1", "acc_p1", "acc_p2"} <= set(metrics)
     # frozen target pieces get no gradient and are not parameters of the head
     assert target.get_input_embeddings().weight.grad is None
 
@@ -86,7 +88,7 @@ def test_pad_trains_halves_with_their_own_terms():
     target = make_target("llama", seed=3)
     head = FSPADDraftModel.from_target(target, partial_alignment=True).train()
     ids = torch.randint(0, 96, (2, 10))
-    out = head(ids, _features(target, ids), loss_mask=torch.ones_like(ids))
-    out.loss.backward()
+    loss, _ = DraftObjective(head)(ids, _features(target, ids), torch.ones_like(ids))
+    loss.backward()
     down = head.layers[0].mlp.down_proj.weight.grad  # [2H, I]: first half -> predict, second -> regress
     assert down.shape[0] == 64 and down[:32].abs().sum() > 0 and down[32:].abs().sum() > 0

@@ -2,7 +2,7 @@
 
 Live tensors are counted with the garbage collector (exact, unlike RSS, which the allocator makes
 noisy); RSS is checked too, with a loose bound. The per-call objects (the candidate generator with
-the head's KV cache, the target's KV cache) are reached by wrapping what `fspad_hf.generation` calls,
+the head's KV cache, the target's KV cache) are reached by wrapping what `fspad_hf.decoding.generation` calls,
 so the library needs no test hook.
 """
 
@@ -18,7 +18,7 @@ import pytest
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-import fspad_hf.generation as generation
+import fspad_hf.decoding.generation as generation
 from fspad_hf import FSPADDraftModel
 from fspad_hf.compat import GENERATE_CACHE_FIELD
 from tests.conftest import make_target
@@ -90,14 +90,14 @@ class PerCallObjects:
     """Weak references to the per-call objects of tree decoding, collected by wrapping generation's calls."""
 
     def __init__(self, monkeypatch):
-        self.refs: dict[str, list[weakref.ref]] = {"candidate_generator": [], "head_cache": [], "target_cache": []}
-        base_generator, base_compact = generation.FSPADCandidateGenerator, generation.compact_cache
+        self.refs: dict[str, list[weakref.ref]] = {"drafter": [], "head_cache": [], "target_cache": []}
+        base_generator, base_compact = generation.TreeDrafter, generation.compact_cache
         record = self.refs
 
         class RecordingGenerator(base_generator):
             def __init__(self, *args, **kwargs):
                 super().__init__(*args, **kwargs)
-                record["candidate_generator"].append(weakref.ref(self))
+                record["drafter"].append(weakref.ref(self))
                 record["head_cache"].append(weakref.ref(self.cache))
 
         def recording_compact(cache, *args, **kwargs):
@@ -105,7 +105,7 @@ class PerCallObjects:
                 record["target_cache"].append(weakref.ref(cache))
             return base_compact(cache, *args, **kwargs)
 
-        monkeypatch.setattr(generation, "FSPADCandidateGenerator", RecordingGenerator)
+        monkeypatch.setattr(generation, "TreeDrafter", RecordingGenerator)
         monkeypatch.setattr(generation, "compact_cache", recording_compact)
 
     def alive(self) -> dict[str, int]:
@@ -120,8 +120,8 @@ def test_caches_are_released_after_each_call(pair, monkeypatch):
     target, head = pair
     objects = PerCallObjects(monkeypatch)
     run_calls(target, head, 5)
-    assert objects.seen() == {"candidate_generator": 5, "head_cache": 5, "target_cache": 5}, objects.seen()
-    assert objects.alive() == {"candidate_generator": 0, "head_cache": 0, "target_cache": 0}, (
+    assert objects.seen() == {"drafter": 5, "head_cache": 5, "target_cache": 5}, objects.seen()
+    assert objects.alive() == {"drafter": 0, "head_cache": 0, "target_cache": 0}, (
         f"per-call objects still alive after generate() returned: {objects.alive()}"
     )
     stats = head.last_generation_stats
@@ -137,7 +137,7 @@ def test_returned_cache_lives_only_as_long_as_the_output(pair, monkeypatch):
     assert getattr(out, GENERATE_CACHE_FIELD) is not None and objects.alive()["target_cache"] == 1
     assert objects.alive()["head_cache"] == 0, "the head's cache must not outlive the call"
     del out
-    assert objects.alive() == {"candidate_generator": 0, "head_cache": 0, "target_cache": 0}
+    assert objects.alive() == {"drafter": 0, "head_cache": 0, "target_cache": 0}
 
 
 class Explode(StoppingCriteria):
@@ -166,7 +166,7 @@ def test_failed_call_releases_caches_and_restores_the_head(pair, monkeypatch):
         pytest.fail("the stopping criterion should have raised")
     try:
         assert head.training, "the head's train/eval mode must be restored after a failed call"
-        assert objects.alive() == {"candidate_generator": 0, "head_cache": 0, "target_cache": 0}, objects.alive()
+        assert objects.alive() == {"drafter": 0, "head_cache": 0, "target_cache": 0}, objects.alive()
     finally:
         head.eval()
 

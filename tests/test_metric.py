@@ -11,8 +11,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import evaluate  # noqa: E402
 import pytest  # noqa: E402
 
-from fspad_hf.benchmark import summarize  # noqa: E402
-from fspad_hf.metrics import load_metric, load_records, metric_path, records_to_inputs  # noqa: E402
+from fspad_hf.evaluation.benchmark import summarize  # noqa: E402
+from fspad_hf.evaluation.metrics import load_metric, load_records, metric_path, records_to_inputs  # noqa: E402
 
 ROWS = dict(  # two turns with hand-computed answers
     predictions=[[1, 2, 3, 4, 5], [7, 8, 9]],

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.hub import shipped_heads
+from fspad_hf.head.shipped import shipped_heads
 from tests.conftest import skip_unless_slow_selected
 
 pytestmark = pytest.mark.real_model

@@ -1,4 +1,4 @@
-"""Compact int8 storage of bundled heads (fspad_hf.storage)."""
+"""Compact int8 storage of bundled heads (fspad_hf.head.storage)."""
 
 import pytest
 import torch
@@ -6,8 +6,8 @@ from safetensors.torch import load_file
 from transformers import AutoModel
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.safety import INT8_WEIGHTS_NAME
-from fspad_hf.storage import SCALE_SUFFIX, dequantize_int8, quantize_int8, save_int8
+from fspad_hf.head.loading import INT8_WEIGHTS_NAME
+from fspad_hf.head.storage import SCALE_SUFFIX, dequantize_int8, quantize_int8, save_int8
 from tests.conftest import make_target
 
 
@@ -63,7 +63,7 @@ def test_int8_file_that_does_not_match_its_config_is_refused(tmp_path):
 
 
 def test_card_states_the_storage_format():
-    from fspad_hf.hub import build_model_card
+    from fspad_hf.sharing.hub import build_model_card
 
     head = FSPADDraftModel.from_target(make_target("llama"))
     card = str(build_model_card(head, weights_storage="stored as int8"))

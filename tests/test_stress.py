@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from scipy.stats import chisquare
 
-import fspad_hf.features as features
+import fspad_hf.training.features as features
 from fspad_hf import FSPADDraftModel
-from fspad_hf.features import OfflineFeatureDataset, extract_features, read_manifest
-from fspad_hf.safety import last_complete_checkpoint
+from fspad_hf.training.features import OfflineFeatureDataset, extract_features, read_manifest
+from fspad_hf.training.checkpoints import last_complete_checkpoint
 from tests.conftest import ARCHS, OracleDrafter, generate_with_oracle, make_target
 
 logger = logging.getLogger(__name__)
@@ -452,7 +452,7 @@ def train_run(out_dir, kill_at: int | None = None, resume=None):
     Returns (head, logged losses) of a run that finished."""
     from transformers import TrainerCallback
 
-    from fspad_hf.trainer import FSPADTrainer, FSPADTrainingArguments
+    from fspad_hf.training.trainer import FSPADTrainer, FSPADTrainingArguments
 
     class Kill(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -569,7 +569,7 @@ def test_shard_killed_while_written_is_redone(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------ faults: benchmark
 def test_benchmark_killed_inside_a_multi_turn_question_resumes(tmp_path):
-    from fspad_hf.benchmark import Method, load_questions, run_benchmark
+    from fspad_hf.evaluation.benchmark import Method, load_questions, run_benchmark
     from tests.conftest import tiny_chat_tokenizer
 
     tok = tiny_chat_tokenizer()

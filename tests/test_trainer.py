@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.data import ChatDataset
-from fspad_hf.distill import greedy_continuations
-from fspad_hf.features import OfflineFeatureDataset, extract_features
-from fspad_hf.trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
+from fspad_hf.training.data import ChatDataset
+from fspad_hf.training.distill import greedy_continuations
+from fspad_hf.training.features import OfflineFeatureDataset, extract_features
+from fspad_hf.training.trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
 from tests.conftest import make_target
 
 VOCAB = 96
@@ -69,11 +69,12 @@ def test_online_and_offline_features_give_same_loss(setup, tmp_path):
     offline = OfflineFeatureDataset(out_dir)
     trainer = FSPADTrainer(model=head, args=args(tmp_path), target=target, train_dataset=ChatDataset(train[:8]))
     collate = trainer.data_collator
+    trainer.model.eval()  # no input-feature noise
     online_batch = collate([train[i] for i in range(8)])
     offline_batch = collate([offline[i] for i in range(8)])
     with torch.no_grad():
-        a = trainer.compute_loss(head, online_batch)
-        b = trainer.compute_loss(head, offline_batch)
+        a = trainer.compute_loss(trainer.model, online_batch)
+        b = trainer.compute_loss(trainer.model, offline_batch)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -173,7 +174,7 @@ def test_two_process_training_with_accelerate(tmp_path):
 
 
 def test_poss_specialists_initialised_from_single_layer_head(setup):
-    from fspad_hf.trainer import init_from_head
+    from fspad_hf.training.trainer import init_from_head
 
     target, _, _ = setup
     single = FSPADDraftModel.from_target(target)

@@ -3,8 +3,9 @@
 import torch
 from transformers import LogitsProcessorList, RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper
 
-from fspad_hf.tree import DraftTree, additive_mask, ancestor_mask, root_to_leaf_paths, select_tree, tree_attention_allowed
-from fspad_hf.verification import accept, process_tree_scores, slot_prefixes, target_choices
+from fspad_hf.decoding.tree import DraftTree, ancestor_mask, select_tree, tree_attention_allowed
+from fspad_hf.masks import additive_mask
+from fspad_hf.decoding.verification import accept, process_tree_scores, slot_prefixes, target_choices
 
 # root(0) -> 1 (a) -> 3 (c) -> 5 (e)
 #         -> 2 (b) -> 4 (d)
@@ -26,12 +27,6 @@ def test_ancestor_mask_matches_definition():
         expected[j] = expected[parent_of[j]].clone()
         expected[j, j] = True
     assert torch.equal(mask, expected)
-
-
-def test_root_to_leaf_paths():
-    tree = hand_tree()
-    paths = root_to_leaf_paths(tree.parents, tree.ancestors, tree.depth)
-    assert sorted(tuple(p[p >= 0].tolist()) for p in paths) == [(0, 1, 3, 5), (0, 2, 4)]
 
 
 def test_select_tree_keeps_best_and_is_closed_under_ancestors():

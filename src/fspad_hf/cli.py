@@ -18,14 +18,6 @@ from transformers import HfArgumentParser
 
 logger = logging.getLogger("fspad_hf")
 
-METHOD_SWITCHES = {  # method name -> (feature_sampling, partial_alignment)
-    "eagle2": (False, False),
-    "fs": (True, False),
-    "pad": (False, True),
-    "fspad": (True, True),
-}
-
-
 @dataclass
 class TargetArguments:
     target: str = field(default="smollm2", metadata={"help": "Registered target (smollm2, qwen-coder-0.5b, gemma3-270m) or a local model path."})
@@ -84,7 +76,7 @@ def _load_target(targs: TargetArguments):
 
 
 def _conversations(dargs: DataArguments):
-    from .data import load_conversations
+    from .training.data import load_conversations
 
     convs = []
     for source in (dargs.data or "sharegpt").split(","):
@@ -123,7 +115,7 @@ def _first_turns(messages: list[dict], n: int) -> list[dict]:
 def _tokenize(tokenizer, convs, max_length: int) -> list[dict]:
     from tqdm.auto import tqdm
 
-    from .chat_masks import tokenize_conversation
+    from .training.chat_masks import tokenize_conversation
 
     examples = [tokenize_conversation(tokenizer, c, max_length) for c in tqdm(convs, desc="tokenise", mininterval=5)]
     kept = [e for e in examples if sum(e["loss_mask"]) > 0]
@@ -142,7 +134,7 @@ def cmd_prepare(argv: list[str]) -> None:
     convs = _conversations(dargs)
     logger.info("%d conversations loaded", len(convs))
     if pargs.regenerate:
-        from .distill import regenerate_conversations
+        from .training.distill import regenerate_conversations
 
         path = regenerate_conversations(target, tokenizer, convs, out / "distilled.jsonl", max_new_tokens=pargs.max_new_tokens,
                                         batch_size=pargs.batch_size, do_sample=pargs.do_sample,
@@ -150,7 +142,7 @@ def cmd_prepare(argv: list[str]) -> None:
         dargs.data, dargs.max_conversations, dargs.max_turns = str(path), None, None
         convs = _conversations(dargs)
     if pargs.features:
-        from .features import extract_features
+        from .training.features import extract_features
 
         examples = _tokenize(tokenizer, convs, dargs.max_length)
         extract_features(target, examples, out / "features", shard_size=pargs.shard_size,
@@ -160,14 +152,16 @@ def cmd_prepare(argv: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------ train
 def _build_head(target, tokenizer, hargs: HeadArguments):
-    from .modeling_fspad import FSPADDraftModel
-    from .trainer import init_from_head
+    from .head.modeling import FSPADDraftModel
+    from .training.trainer import init_from_head
 
-    if hargs.method not in METHOD_SWITCHES:
-        raise SystemExit(f"--method must be one of {sorted(METHOD_SWITCHES)}, got {hargs.method!r}.")
-    fs, pad = METHOD_SWITCHES[hargs.method]
-    tree = {k: v for k, v in (("tree_total_tokens", hargs.tree_total_tokens), ("tree_depth", hargs.tree_depth),
-                              ("tree_top_k", hargs.tree_top_k)) if v is not None}
+    from .decoding.settings import KEYWORDS
+    from .head.configuration import METHODS
+
+    if hargs.method not in METHODS:
+        raise SystemExit(f"--method must be one of {sorted(METHODS)}, got {hargs.method!r}.")
+    fs, pad = METHODS[hargs.method].feature_sampling, METHODS[hargs.method].partial_alignment
+    tree = {kw: v for kw in KEYWORDS if (v := getattr(hargs, kw)) is not None}
     if hargs.init_from and hargs.lora_r > 0:
         head = FSPADDraftModel.from_pretrained(hargs.init_from).to(target.device)
         head.bind_target(target, tokenizer)
@@ -182,9 +176,9 @@ def _build_head(target, tokenizer, hargs: HeadArguments):
 
 def cmd_train(argv: list[str]) -> None:
     """Train (or fine-tune) a draft head with FSPADTrainer; every TrainingArguments option applies."""
-    from .data import ChatDataset
-    from .features import feature_tokens, load_feature_sets
-    from .trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
+    from .training.data import ChatDataset
+    from .training.features import feature_tokens, load_feature_sets
+    from .training.trainer import FSPADTrainer, FSPADTrainingArguments, select_draft_vocab
 
     targs, dargs, hargs, args = _parse((TargetArguments, DataArguments, HeadArguments, FSPADTrainingArguments), argv)
     target, tokenizer = _load_target(targs)
@@ -216,7 +210,7 @@ def cmd_train(argv: list[str]) -> None:
     logger.info("training %s head (%d trainable parameters) on %d examples", head.config.method_name,
                 sum(p.numel() for p in model.parameters() if p.requires_grad), len(train_set))
     trainer = FSPADTrainer(model=model, args=args, target=target, train_dataset=train_set, eval_dataset=eval_set)
-    from .safety import last_complete_checkpoint
+    from .training.checkpoints import last_complete_checkpoint
 
     last = args.resume_from_checkpoint
     if last is None:  # a killed run resumes from its last complete checkpoint
@@ -258,21 +252,11 @@ def _bench_parser():
     return p
 
 
-def _tree_suffix(spec: str) -> tuple[str, dict]:
-    """`PATH@T,D,K` -> (PATH, per-head tree settings); no suffix -> (PATH, {})."""
-    path, at, tree = spec.rpartition("@")
-    if not at:
-        return spec, {}
-    parts = tree.split(",")
-    if len(parts) != 3 or not all(x.strip().isdigit() for x in parts):
-        raise SystemExit(f"--head {spec!r}: the tree suffix must be @TOTAL_TOKENS,DEPTH,TOP_K (e.g. @16,5,4).")
-    return path, dict(zip(("tree_total_tokens", "tree_depth", "tree_top_k"), (int(x) for x in parts)))
-
-
 def _heads(specs: list[str], target, tokenizer, dtype) -> dict[str, tuple]:
     """`[NAME=]PATH[@T,D,K]` specs -> {name: (bound head, per-head tree kwargs)}; a path is loaded once."""
-    from .hub import shipped_heads
-    from .modeling_fspad import FSPADDraftModel
+    from .decoding.settings import TreeSettings
+    from .head.modeling import FSPADDraftModel
+    from .head.shipped import shipped_heads
 
     wanted = {}
     for spec in specs:
@@ -280,7 +264,10 @@ def _heads(specs: list[str], target, tokenizer, dtype) -> dict[str, tuple]:
             wanted.update({name: (path, {}) for name, path in shipped_heads(target).items()})
             continue
         name, _, rest = spec.rpartition("=")
-        path, tree = _tree_suffix(rest)
+        try:
+            path, tree = TreeSettings.parse_suffix(rest)
+        except ValueError as error:
+            raise SystemExit(f"--head {error}") from error
         wanted[name or Path(path).name + (rest[len(path):] if tree else "")] = (path, tree)
     loaded, by_path = {}, {}
     for name, (path, tree) in wanted.items():
@@ -294,14 +281,15 @@ def _heads(specs: list[str], target, tokenizer, dtype) -> dict[str, tuple]:
 
 def cmd_bench(argv: list[str]) -> None:
     """Benchmark methods on Spec-Bench questions; writes JSON, a Markdown table and plots."""
-    from .benchmark import Method, load_questions, plot, run_benchmark
+    from .decoding.settings import KEYWORDS
+    from .evaluation.benchmark import Method, load_questions, plot, run_benchmark
 
     a = _bench_parser().parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
     target, tokenizer = _load_target(TargetArguments(a.target, a.dtype))
     questions = load_questions(a.questions, a.per_category, a.categories.split(",") if a.categories else None)
-    tree = {k: v for k in ("tree_total_tokens", "tree_depth", "tree_top_k") if (v := getattr(a, k)) is not None}
+    tree = {kw: v for kw in KEYWORDS if (v := getattr(a, kw)) is not None}
     methods = [Method("baseline")]
     if a.pld_tokens:
         methods.append(Method(f"pld-{a.pld_tokens}", {"prompt_lookup_num_tokens": a.pld_tokens}))
@@ -325,7 +313,7 @@ def cmd_demo(argv: list[str]) -> None:
 
     from transformers import TextStreamer
 
-    from .hub import shipped_heads
+    from .head.shipped import shipped_heads
 
     p = argparse.ArgumentParser(prog="fspad-hf demo", description=cmd_demo.__doc__)
     p.add_argument("--target", default="smollm2")
@@ -341,7 +329,7 @@ def cmd_demo(argv: list[str]) -> None:
     if path is None:
         raise SystemExit(f"No shipped head for {a.target}; pass --head PATH (train one with `fspad-hf train`).")
     head, _ = _heads([f"head={path}"], target, tokenizer, getattr(torch, a.dtype))["head"]
-    from .benchmark import prompt_ids
+    from .evaluation.benchmark import prompt_ids
 
     ids = prompt_ids(tokenizer, [{"role": "user", "content": a.prompt}], target.device)
     kw = dict(max_new_tokens=a.max_new_tokens, do_sample=False)
@@ -362,16 +350,12 @@ def cmd_demo(argv: list[str]) -> None:
 
 def cmd_push(argv: list[str]) -> None:
     """Publish a head repo (card, weights, custom_generate/), or write it locally with --dry_run."""
-    from .hub import cmd_push as push
+    from .sharing.hub import cmd_push as push
 
     push(argv)
 
 
 COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "bench": cmd_bench, "demo": cmd_demo, "push": cmd_push}
-
-
-def register(name: str, fn) -> None:
-    COMMANDS[name] = fn
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .compat import cache_kwargs, output_cache
-from .safety import sha256_file
+from .integrity import sha256_file
 
 logger = logging.getLogger(__name__)
 

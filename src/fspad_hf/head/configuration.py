@@ -1,0 +1,195 @@
+"""Configuration of an FSPAD / EAGLE-2 / PosS draft head."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from dataclasses import dataclass
+
+from transformers import AutoConfig, PretrainedConfig
+
+
+@dataclass(frozen=True)
+class Method:
+    """One head method: its CLI key, display name, FS / PAD switches and a one-line description."""
+
+    key: str
+    name: str
+    feature_sampling: bool
+    partial_alignment: bool
+    description: str
+
+
+# The one method table (CLI `--method`, `FSPADConfig.method_name`, model cards).
+METHODS: dict[str, Method] = {
+    m.key: m
+    for m in (
+        Method("eagle2", "EAGLE-2", False, False, "baseline feature-level head: `fc([embedding; feature])` -> one decoder layer"),
+        Method("fs", "FS", True, False, "EAGLE-2 head + feature sampling (embedding-gated residual MLP)"),
+        Method("pad", "PAD", False, True, "EAGLE-2 head + partial alignment distillation (predict / regress halves)"),
+        Method("fspad", "FSPAD", True, True, "feature sampling + partial alignment distillation"),
+    )
+}
+
+
+def method_by_key(key: str) -> Method:
+    if key not in METHODS:
+        raise ValueError(f"unknown method {key!r}; choose one of {sorted(METHODS)}.")
+    return METHODS[key]
+
+
+class FSPADConfig(PretrainedConfig):
+    r"""Configuration of a feature-level draft head (FSPAD, its EAGLE-2 baseline, and PosS).
+
+    The head is built from the *target* model's own decoder-layer class; its architecture is fully
+    described by `target_config` (a copy of the target's text config) plus the switches below. The
+    frozen target embedding and LM head are not part of the head: they are bound from the target at
+    use time, and the head is checked against that target (`hidden_size`, `vocab_size`, model type).
+
+    Args:
+        target_config (`dict`):
+            The target's text config (`target.config.get_text_config().to_dict()`). Used to build the
+            draft decoder layer(s) with the target's own classes and to check compatibility on use.
+        target_name_or_path (`str`, *optional*):
+            Name or path of the target the head was built/trained for (informational; a mismatch with
+            the target it is used with gives a warning, see `check_target`).
+        target_architecture (`str`, *optional*):
+            The target's architecture class name, e.g. `"LlamaForCausalLM"`.
+        target_tokenizer_fingerprint (`str`, *optional*):
+            A short hash of the target tokenizer's vocabulary, when known (checked on use if given).
+        feature_sampling (`bool`, defaults to `True`):
+            FS: add the embedding-gated residual MLP after the `fc` fusion (METHOD.md section 2).
+        partial_alignment (`bool`, defaults to `True`):
+            PAD: the draft layer's MLP outputs `2 * hidden_size`; the first half (predict half) feeds
+            the LM head, the second half (regress half) is aligned to the next target feature and fed
+            back during drafting. `feature_sampling=False, partial_alignment=False` is the EAGLE-2 head.
+        num_draft_layers (`int`, defaults to 1):
+            Number of decoder layers in the head. With 1 layer the head is a plain single-layer head;
+            with more, layer `i` is the PosS "position specialist" of draft positions
+            `i*N+1 .. (i+1)*N` (N = `positions_per_layer`); the last layer serves all later positions.
+        positions_per_layer (`int`, defaults to 1):
+            PosS-N: how many consecutive draft positions each specialist serves.
+        tree_total_tokens (`int`, defaults to 24):
+            Draft nodes kept in the verification tree (the root is added on top). Each target forward
+            then processes `tree_total_tokens + 1` tokens; 16-32 suits a CPU, 60 a GPU.
+        tree_depth (`int`, defaults to 5):
+            Maximum depth of the draft tree (= maximum number of drafted tokens on one path).
+        tree_top_k (`int`, defaults to 8):
+            Children expanded per frontier node and size of the frontier at each level.
+        draft_vocab_size (`int`, *optional*):
+            If set, the head predicts over a reduced vocabulary of this many target token ids (the
+            `d2t` buffer maps draft ids to target ids). Verification always uses the full vocabulary.
+        hidden_size (`int`): the target's hidden size (copied from `target_config`).
+        intermediate_size (`int`): the draft layer's MLP width (the target's).
+        vocab_size (`int`): the target's vocabulary size (copied from `target_config`).
+        feature_noise (`float`, defaults to 0.2):
+            Amplitude of the uniform noise added to input features during training:
+            `f + (U(0,1) - 0.5) * feature_noise * 512 / seq_len` (METHOD.md section 1).
+    """
+
+    model_type = "fspad"
+
+    def __init__(
+        self,
+        target_config: dict[str, Any] | None = None,
+        target_name_or_path: str | None = None,
+        target_architecture: str | None = None,
+        target_tokenizer_fingerprint: str | None = None,
+        feature_sampling: bool = True,
+        partial_alignment: bool = True,
+        num_draft_layers: int = 1,
+        positions_per_layer: int = 1,
+        tree_total_tokens: int = 24,
+        tree_depth: int = 5,
+        tree_top_k: int = 8,
+        draft_vocab_size: int | None = None,
+        feature_noise: float = 0.2,
+        **kwargs,
+    ):
+        self.target_config = copy.deepcopy(target_config) if target_config is not None else None
+        self.target_name_or_path = target_name_or_path
+        self.target_architecture = target_architecture
+        self.target_tokenizer_fingerprint = target_tokenizer_fingerprint
+        self.feature_sampling = bool(feature_sampling)
+        self.partial_alignment = bool(partial_alignment)
+        self.num_draft_layers = int(num_draft_layers)
+        self.positions_per_layer = int(positions_per_layer)
+        self.tree_total_tokens = int(tree_total_tokens)
+        self.tree_depth = int(tree_depth)
+        self.tree_top_k = int(tree_top_k)
+        self.draft_vocab_size = draft_vocab_size
+        self.feature_noise = float(feature_noise)
+        tc = self.target_config or {}
+        kwargs.setdefault("hidden_size", tc.get("hidden_size"))
+        kwargs.setdefault("intermediate_size", tc.get("intermediate_size"))
+        kwargs.setdefault("vocab_size", tc.get("vocab_size"))
+        for key in ("hidden_size", "intermediate_size", "vocab_size"):
+            setattr(self, key, kwargs.pop(key))
+        super().__init__(**kwargs)
+        self.validate_fields()
+
+    def validate_fields(self) -> None:
+        """Raise a ValueError naming the bad field and the fix."""
+        positive = ("num_draft_layers", "positions_per_layer", "tree_total_tokens", "tree_depth", "tree_top_k")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"FSPADConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.tree_total_tokens < self.tree_depth:
+            raise ValueError(
+                f"FSPADConfig.tree_total_tokens ({self.tree_total_tokens}) must be >= tree_depth "
+                f"({self.tree_depth}): a tree cannot be deeper than it has nodes."
+            )
+        if self.target_config is not None:
+            for key in ("model_type", "hidden_size", "vocab_size"):
+                if key not in self.target_config:
+                    raise ValueError(
+                        f"FSPADConfig.target_config lacks '{key}'; rebuild the head with "
+                        "FSPADDraftModel.from_target(target) or pass target.config.get_text_config().to_dict()."
+                    )
+        if self.draft_vocab_size is not None and self.vocab_size is not None:
+            if not 0 < self.draft_vocab_size <= self.vocab_size:
+                raise ValueError(
+                    f"FSPADConfig.draft_vocab_size ({self.draft_vocab_size}) must be in (0, vocab_size={self.vocab_size}]."
+                )
+
+    @property
+    def method(self) -> Method:
+        """The `METHODS` entry the FS / PAD switches describe."""
+        switches = (self.feature_sampling, self.partial_alignment)
+        return next(m for m in METHODS.values() if (m.feature_sampling, m.partial_alignment) == switches)
+
+    @property
+    def method_name(self) -> str:
+        """Human name of the method the switches describe: EAGLE-2, FS, PAD, FSPAD (+ PosS-N)."""
+        base = self.method.name
+        return f"{base}+PosS-{self.positions_per_layer}" if self.num_draft_layers > 1 else base
+
+    def specialist_for_position(self, position: int) -> int:
+        """Index of the draft layer that serves draft position `position` (1-based; PosS rule)."""
+        if position < 1:
+            raise ValueError(f"draft positions are 1-based, got {position}")
+        return min((position - 1) // self.positions_per_layer, self.num_draft_layers - 1)
+
+    def build_target_text_config(self) -> PretrainedConfig:
+        """The draft layers' config: the target's text config with `num_draft_layers` full-attention layers."""
+        if self.target_config is None:
+            raise ValueError("FSPADConfig.target_config is empty: build the head with FSPADDraftModel.from_target(target).")
+        tc = copy.deepcopy(self.target_config)
+        model_type = tc.pop("model_type")
+        for key in ("architectures", "auto_map", "quantization_config", "transformers_version"):
+            tc.pop(key, None)
+        cfg = AutoConfig.for_model(model_type, **tc)
+        cfg.num_hidden_layers = self.num_draft_layers
+        if getattr(cfg, "layer_types", None) is not None:
+            # The draft context can be long: every draft layer attends to all of it.
+            cfg.layer_types = ["full_attention"] * self.num_draft_layers
+        if hasattr(cfg, "sliding_window"):
+            cfg.sliding_window = None
+        if hasattr(cfg, "use_sliding_window"):
+            cfg.use_sliding_window = False
+        cfg._attn_implementation = self._attn_implementation or "sdpa"
+        return cfg
+
+
+__all__ = ["FSPADConfig", "METHODS", "Method", "method_by_key"]

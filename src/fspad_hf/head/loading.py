@@ -1,0 +1,148 @@
+"""Safe loading of draft-head folders: JSON config + safetensors weights only.
+
+A head folder is data, never code: `FSPADDraftModel.from_pretrained` reads `config.json` and
+`model.safetensors` (or a sharded safetensors index) and nothing else. Pickle checkpoints
+(`pytorch_model.bin`, `*.pt`, ...) are refused because unpickling can execute arbitrary code, and no
+`trust_remote_code` is needed or used. The checks here run before transformers touches the files, so
+a broken folder gives an error that names the file and the fix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from safetensors import SafetensorError
+
+from ..integrity import CorruptCheckpointError, check_safetensors_file, read_json
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_INDEX_NAME = "model.safetensors.index.json"
+INT8_WEIGHTS_NAME = "model.int8.safetensors"  # int8 storage, see fspad_hf.head.storage
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+_SAVE_HINT = "Save the head again with head.save_pretrained(folder) (it writes config.json + model.safetensors)."
+
+
+def _variant_name(name: str, variant: str | None) -> str:
+    """`model.safetensors` -> `model.<variant>.safetensors` (transformers' naming)."""
+    if not variant:
+        return name
+    stem, ext = name.split(".", 1)
+    return f"{stem}.{variant}.{ext}"
+
+
+def check_head_config(path: Path) -> None:
+    """The folder's `config.json` must describe an FSPAD head built for a target."""
+    config = read_json(path)
+    if config.get("model_type") not in (None, "fspad"):
+        raise ValueError(
+            f"{path} describes a '{config.get('model_type')}' model, not an FSPAD draft head (model_type 'fspad'). "
+            "Load target models with AutoModelForCausalLM; load heads saved by FSPADDraftModel.save_pretrained."
+        )
+    if config.get("auto_map"):
+        logger.warning("%s has an 'auto_map' (remote code) entry; FSPADDraftModel ignores it and runs no code from the folder.", path)
+    if not isinstance(config.get("target_config"), dict):
+        raise ValueError(
+            f"{path} has no 'target_config' (the target's text config the head's layers are built from), so the "
+            "head cannot be constructed. Rebuild the head with FSPADDraftModel.from_target(target) and save it again."
+        )
+
+
+def weights_files(folder: Path, variant: str | None) -> list[Path]:
+    """The safetensors files `from_pretrained` will read (single file, or every file of the index)."""
+    single = folder / _variant_name(SAFE_WEIGHTS_NAME, variant)
+    if single.is_file():
+        return [single]
+    index = folder / _variant_name(SAFE_INDEX_NAME, variant)
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CorruptCheckpointError(f"{index} has no 'weight_map'. {_SAVE_HINT}")
+        files = [folder / name for name in sorted(set(weight_map.values()))]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists weight files that are missing from {folder}: {missing}.")
+        return files
+    int8 = folder / INT8_WEIGHTS_NAME  # compact storage of bundled heads (fspad_hf.head.storage)
+    return [int8] if variant is None and int8.is_file() else []
+
+
+def looks_like_missing_local_path(source: str | os.PathLike) -> bool:
+    """A path that cannot be a Hub repo id ("owner/name") and does not exist locally."""
+    text = str(source)
+    if os.path.exists(text):
+        return False
+    return isinstance(source, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep in text.replace("/", "")
+
+
+def check_head_folder(folder: str | os.PathLike, variant: str | None = None, need_config: bool = True) -> list[Path]:
+    """Check a local head folder before loading: config present and sane, safetensors weights readable.
+    Returns the weights files that will be read.
+
+    Raises:
+        FileNotFoundError: no `config.json` (when `need_config`) or no weights at all.
+        ValueError: only pickle weights are present (refused), or the config is not an FSPAD head.
+        CorruptCheckpointError: a config/weights file is corrupt or truncated.
+    """
+    folder = Path(folder)
+    config = folder / CONFIG_NAME
+    if need_config:
+        if not config.is_file():
+            raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}, so it is not a saved FSPAD head. {_SAVE_HINT}")
+        check_head_config(config)
+    files = weights_files(folder, variant)
+    pickles = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name.endswith(PICKLE_SUFFIXES))
+    if not files:
+        if pickles:
+            raise ValueError(
+                f"{folder} holds only pickle checkpoint(s) {pickles}; fspad_hf loads heads from safetensors only, "
+                "because unpickling can run arbitrary code. If you trust the file, convert it yourself: "
+                "state = torch.load(path, weights_only=True); head.load_state_dict(state); head.save_pretrained(folder)."
+            )
+        raise FileNotFoundError(
+            f"{folder} has no weights file ({_variant_name(SAFE_WEIGHTS_NAME, variant)} or "
+            f"{_variant_name(SAFE_INDEX_NAME, variant)}). {_SAVE_HINT}"
+        )
+    if pickles:
+        logger.info("Ignoring pickle file(s) %s in %s: only safetensors weights are loaded.", pickles, folder)
+    for path in files:
+        check_safetensors_file(path, _SAVE_HINT)
+    return files
+
+
+def load_head(cls, base_from_pretrained, source, *model_args, **kwargs):
+    """`FSPADDraftModel.from_pretrained`: short names of shipped heads, local folders (checked first, so a
+    broken file gives an error naming it), int8 storage, or a Hub repo id (transformers' loader).
+
+    `use_safetensors=True` is forced: pickle checkpoints are never read.
+    """
+    from .shipped import looks_like_short_name, resolve_shipped
+    from .storage import load_int8
+
+    if kwargs.get("use_safetensors") is False:
+        raise ValueError("FSPAD heads load from safetensors only (use_safetensors=False would allow pickle files).")
+    kwargs["use_safetensors"] = True
+    if source is not None and looks_like_short_name(source):
+        source = resolve_shipped(str(source))
+    if source is not None and looks_like_missing_local_path(source):
+        raise FileNotFoundError(f"Head folder not found: {source} (neither a local folder nor a Hub repo id 'owner/name').")
+    if source is not None and os.path.isdir(os.path.join(str(source), kwargs.get("subfolder") or "")):
+        folder = os.path.join(str(source), kwargs.get("subfolder") or "")
+        files = check_head_folder(folder, variant=kwargs.get("variant"), need_config=kwargs.get("config") is None)
+        if [f.name for f in files] == [INT8_WEIGHTS_NAME]:
+            return load_int8(cls, folder, kwargs.get("dtype", kwargs.get("torch_dtype")))
+    try:
+        return base_from_pretrained(source, *model_args, **kwargs)
+    except SafetensorError as error:  # e.g. a Hub download cut short
+        raise CorruptCheckpointError(
+            f"The safetensors weights of '{source}' are corrupt or truncated: {error}. Download them again."
+        ) from error
+
+
+__all__ = ["CorruptCheckpointError", "check_head_folder", "looks_like_missing_local_path", "check_head_config",
+           "weights_files", "load_head", "PICKLE_SUFFIXES"]

@@ -1,0 +1,256 @@
+"""`FSPADTrainer`: a `transformers.Trainer` for partial alignment distillation (and EAGLE-2 / PosS).
+
+The trainer's model is the draft head; the frozen target only supplies features (online, inside the
+training step) or nothing at all (offline features precomputed with `fspad_hf.training.features`), plus its
+embedding and LM head, which the head uses frozen and never saves.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file
+from transformers import PreTrainedModel, Trainer, TrainerCallback, TrainingArguments
+
+from ..head.loading import SAFE_WEIGHTS_NAME
+from ..head.modeling import FSPADDraftModel, unwrap_head
+from .batches import collate
+from .features import target_features
+from .losses import LossWeights, position_mask
+from .objective import DraftObjective
+
+TRAINING_ARGS_NAME = "training_args.bin"
+ADAPTER_SAFE_WEIGHTS_NAME = "adapter_model.safetensors"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FSPADTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the draft-head objective. Defaults follow the papers' recipe where it
+    fits a CPU (AdamW betas 0.9/0.95, gradient clipping by value 0.5, linear warm-up)."""
+
+    unroll_steps: int = field(
+        default=1,
+        metadata={"help": "HASS unroll steps per batch (1 = teacher forcing only). PosS heads train each "
+                  "specialist on its draft positions: use num_draft_layers * positions_per_layer."},
+    )
+    eval_unroll_steps: int | None = field(
+        default=None, metadata={"help": "Draft positions evaluated at eval steps (default: the head's tree_depth)."}
+    )
+    feature_loss_weight: float = field(default=1.0, metadata={"help": "Weight of SmoothL1(o_r, f_{t+1})."})
+    logit_loss_weight: float = field(default=0.1, metadata={"help": "Weight of the soft cross-entropy on o_p."})
+    clip_grad_value: float | None = field(
+        default=0.5, metadata={"help": "Clip gradients by value before each optimizer step (None: off)."}
+    )
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the papers use 0.95)."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Norm clipping (off: value clipping is used)."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep loss_mask/hidden_states columns."})
+
+
+class ClipGradValueCallback(TrainerCallback):
+    """Clip the accumulated gradients by value right before the optimizer step."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        torch.nn.utils.clip_grad_value_([p for p in model.parameters() if p.grad is not None], self.value)
+
+
+class FSPADTrainer(Trainer):
+    """Trainer for an `FSPADDraftModel` (or a PEFT wrapper of one).
+
+    The Trainer's `model` is a `DraftObjective` around it (the head's forward is inference-only);
+    `trainer.head` is the head itself. Checkpoints are the head's `save_pretrained` folders (config +
+    safetensors) or, with PEFT, the adapter files.
+
+    Args:
+        target: the frozen target LM. Needed for online features, and always for the frozen
+            embedding / LM head (the head is bound to it). Its weights are never trained nor saved.
+        Other arguments are `Trainer`'s. Batches hold `input_ids`, `loss_mask`, `attention_mask` and,
+        for offline features, `hidden_states`.
+    """
+
+    def __init__(self, model=None, args: FSPADTrainingArguments | None = None, target: PreTrainedModel | None = None, **kwargs):
+        if target is None:
+            raise ValueError("FSPADTrainer needs `target=` (the frozen target model) for its embedding and LM head.")
+        args = args or FSPADTrainingArguments(output_dir="fspad-head")
+        head = unwrap_head(model)
+        target.eval().requires_grad_(False)
+        head.bind_target(target)
+        self.target = target
+        pad = getattr(target.generation_config, "pad_token_id", None) or 0
+        kwargs.setdefault("data_collator", functools.partial(collate, pad_token_id=pad))
+        super().__init__(model=DraftObjective(model), args=args, **kwargs)
+        self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let Trainer average over accumulation
+        self._parts: dict[str, list[float]] = defaultdict(list)
+        if getattr(args, "clip_grad_value", None):
+            self.add_callback(ClipGradValueCallback(args.clip_grad_value))
+
+    @property
+    def head(self) -> FSPADDraftModel:
+        return unwrap_head(self.model.model)
+
+    def train(self, *args, **kwargs):
+        check_training_data(self.train_dataset)
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            _drop_mixed_precision_wrapper(self.model)
+
+    # -------------------------------------------------------------------------------- loss
+    def _weights(self) -> LossWeights:
+        return LossWeights(feature=self.args.feature_loss_weight, logits=self.args.logit_loss_weight)
+
+    def _features(self, inputs) -> torch.Tensor:
+        if "hidden_states" in inputs:  # offline
+            return inputs["hidden_states"]
+        return target_features(self.target, inputs["input_ids"], inputs.get("attention_mask"))  # online
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = model(
+            input_ids=inputs["input_ids"],
+            hidden_states=self._features(inputs),
+            loss_mask=inputs["loss_mask"],
+            unroll_steps=self.args.unroll_steps,
+            loss_weights=self._weights(),
+        )
+        for name, value in metrics.items():
+            self._parts[name].append(float(value))
+        return (loss, metrics) if return_outputs else loss
+
+    # -------------------------------------------------------------------------------- checkpoints
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A checkpoint is the head's own folder (or the PEFT adapter), loadable with from_pretrained."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.model.model.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        inner = self.model.model
+        adapter = os.path.join(resume_from_checkpoint, ADAPTER_SAFE_WEIGHTS_NAME)
+        if os.path.isfile(adapter):
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(inner, load_file(adapter))
+            return
+        weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+        if not os.path.isfile(weights):
+            raise ValueError(f"Can't find a valid checkpoint at {resume_from_checkpoint} (no {SAFE_WEIGHTS_NAME}).")
+        unwrap_head(inner).load_state_dict(load_file(weights))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._parts:
+            logs.update({name: round(sum(v) / len(v), 5) for name, v in self._parts.items()})
+            self._parts.clear()
+        super().log(logs, start_time)
+
+    # -------------------------------------------------------------------------------- eval
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Loss parts and per-position top-1 accuracy of a k-step unrolled draft (k = eval_unroll_steps),
+        averaged over the evaluation batches of every process (summed across processes)."""
+        steps = self.args.eval_unroll_steps or self.head.config.tree_depth
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        was_training = self.model.training
+        self.model.eval()
+        sums: dict[str, float] = defaultdict(float)
+        batches = 0
+        with torch.no_grad():
+            for inputs in dataloader:
+                inputs = self._prepare_inputs(inputs)
+                loss, parts = self.model(
+                    input_ids=inputs["input_ids"],
+                    hidden_states=self._features(inputs),
+                    loss_mask=inputs["loss_mask"],
+                    unroll_steps=steps,
+                    loss_weights=self._weights(),
+                )
+                sums["loss"] += float(loss) / steps
+                for name, value in parts.items():
+                    sums[name] += float(value)
+                batches += 1
+        self.model.train(was_training)
+        names = sorted(sums)  # same names on every process (same steps): reduce them as one vector
+        totals = self.accelerator.reduce(torch.tensor([sums[n] for n in names] + [batches], dtype=torch.float64,
+                                                      device=self.args.device), reduction="sum")
+        count = max(float(totals[-1]), 1.0)
+        metrics = {f"{metric_key_prefix}_{n}": float(v) / count for n, v in zip(names, totals[:-1].tolist())}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
+        return metrics
+
+
+def _drop_mixed_precision_wrapper(model) -> None:
+    """Undo the autocast + float32-outputs wrapper accelerate puts on `forward` under bf16/fp16 training,
+    so that the trained head, used in this same process, drafts in its own dtype."""
+    from accelerate.utils import extract_model_from_parallel
+
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)
+
+
+def check_training_data(dataset, probe: int = 64) -> None:
+    """Clear errors for an empty dataset, or one whose first examples have no loss position."""
+    if dataset is None:
+        raise ValueError("FSPADTrainer.train() needs a train_dataset.")
+    if len(dataset) == 0:
+        raise ValueError("The train_dataset is empty: check the data path and filters (max_length may have "
+                         "truncated every assistant turn away).")
+    for i in range(min(probe, len(dataset))):
+        mask = torch.as_tensor(dataset[i]["loss_mask"])[None]
+        if mask.shape[1] >= 3 and position_mask(mask).sum() > 0:
+            return
+    raise ValueError(
+        f"None of the first {min(probe, len(dataset))} training examples has an assistant token to learn from "
+        "(loss_mask is all zeros, or only on the first two positions): check the chat template's assistant "
+        "markers and max_length."
+    )
+
+
+def select_draft_vocab(examples, size: int, vocab_size: int) -> torch.LongTensor:
+    """The `size` most frequent assistant-token ids (loss_mask == 1) of tokenised examples, sorted."""
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    for ex in examples:
+        ids = torch.as_tensor(ex["input_ids"], dtype=torch.long)
+        mask = torch.as_tensor(ex["loss_mask"], dtype=torch.bool)
+        counts += torch.bincount(ids[mask], minlength=vocab_size)[:vocab_size]
+    size = min(size, vocab_size)
+    return torch.sort(torch.topk(counts, size).indices).values
+
+
+def init_from_head(head: FSPADDraftModel, source: FSPADDraftModel) -> None:
+    """Copy a trained head into `head`; a 1-layer source initialises every PosS specialist (METHOD.md 3)."""
+    src, dst = source.state_dict(), head.state_dict()
+    replicate = source.config.num_draft_layers == 1
+    loaded = {}
+    for key, value in dst.items():
+        candidate = key
+        if key not in src and replicate and key.startswith("layers."):
+            candidate = "layers.0." + key.split(".", 2)[2]  # specialist i <- the single trained layer
+        if candidate in src and src[candidate].shape == value.shape:
+            loaded[key] = src[candidate]
+    missing = [k for k in dst if k not in loaded and "rotary_emb" not in k]
+    if missing:
+        raise ValueError(
+            f"Cannot initialise from {source.config.method_name} head: no matching weights for {missing[:4]}... "
+            "(FS/PAD switches and sizes must match the source head)."
+        )
+    head.load_state_dict(loaded, strict=False)
+
+
+__all__ = [
+    "check_training_data",
+    "init_from_head",
+    "FSPADTrainer",
+    "FSPADTrainingArguments",
+    "ClipGradValueCallback",
+    "select_draft_vocab",
+]
