@@ -49,6 +49,11 @@ class HeadArguments:
     tree_top_k: int | None = field(default=None, metadata={"help": "Default tree top-k stored in the head config."})
     lora_r: int = field(default=0, metadata={"help": "> 0: fine-tune `init_from` with LoRA adapters of this rank (peft)."})
     lora_target_modules: str = field(default="q_proj,k_proj,v_proj,o_proj,fc", metadata={"help": "Comma-separated module names for LoRA."})
+    init_layers_from_target: bool = field(default=False, metadata={
+        "help": "Initialise every draft layer as a copy of the target's last decoder layer (attention, MLP, "
+                "post-attention norm; PAD's 2H down_proj gets the target's down_proj in both halves) instead of random."})
+    feature_noise: float | None = field(default=None, metadata={
+        "help": "Training input-feature noise amplitude stored in the head config (0 = off; default: the config's 0.2)."})
 
 
 @dataclass
@@ -162,15 +167,24 @@ def _build_head(target, tokenizer, hargs: HeadArguments):
         raise SystemExit(f"--method must be one of {sorted(METHODS)}, got {hargs.method!r}.")
     fs, pad = METHODS[hargs.method].feature_sampling, METHODS[hargs.method].partial_alignment
     tree = {kw: v for kw in KEYWORDS if (v := getattr(hargs, kw)) is not None}
+    if hargs.init_from and hargs.init_layers_from_target:
+        raise SystemExit("--init_from and --init_layers_from_target both initialise the draft layers: pick one.")
+    noise = {} if hargs.feature_noise is None else {"feature_noise": hargs.feature_noise}
     if hargs.init_from and hargs.lora_r > 0:
         head = FSPADDraftModel.from_pretrained(hargs.init_from).to(target.device)
         head.bind_target(target, tokenizer)
+        if noise:
+            head.config.feature_noise = float(hargs.feature_noise)
         return head
     head = FSPADDraftModel.from_target(target, tokenizer, feature_sampling=fs, partial_alignment=pad,
                                        num_draft_layers=hargs.num_draft_layers, positions_per_layer=hargs.positions_per_layer,
-                                       draft_vocab_size=hargs.draft_vocab_size, **tree)
+                                       draft_vocab_size=hargs.draft_vocab_size, **noise, **tree)
     if hargs.init_from:
         init_from_head(head, FSPADDraftModel.from_pretrained(hargs.init_from))
+    if hargs.init_layers_from_target:
+        from .head.init import init_layers_from_target
+
+        init_layers_from_target(head, target)
     return head
 
 

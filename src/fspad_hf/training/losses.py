@@ -27,6 +27,11 @@ from ..head.interface import DraftStep
 class LossWeights:
     feature: float = 1.0  # SmoothL1 on the regress half
     logits: float = 0.1  # soft cross-entropy on the predict half
+    step_decay: float = 1.0  # unroll step k (0-based) weighs step_decay ** k in the total (1.0: equal weights)
+
+    def step_weight(self, k: int) -> float:
+        """Weight of unroll step k in the total loss (step 0, teacher forcing, always weighs 1)."""
+        return 1.0 if k == 0 else float(self.step_decay) ** k
 
 
 def feature_noise(features: torch.Tensor, amplitude: float) -> torch.Tensor:
@@ -121,6 +126,10 @@ def draft_objective(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Total loss over `steps` unroll steps (1 = plain teacher forcing) and per-step metrics.
 
+    Step k's loss is weighted `weights.step_weight(k)` = step_decay ** k (EAGLE-3 / HASS style decaying
+    weights; the default 1.0 gives every step the same weight, METHOD.md section 3). A step of weight 0
+    is still computed for its metrics but adds nothing to the loss.
+
     input_ids `[B, T]`, features `[B, T, H]` (target features, post final norm), loss_mask `[B, T]`.
     Metrics are keyed `feature_loss_p{k}`, `logit_loss_p{k}`, `acc_p{k}` for draft position k = step + 1.
     """
@@ -135,7 +144,7 @@ def draft_objective(
     for k, out in enumerate(unrolled_outputs(head, input_ids, features, steps, noise)):
         row_mask = (step_of_row >= k).float()  # positions t < k have no k-step draft history
         loss, m = step_terms(head, out.predict[select], out.feedback[select], target_features, target_probs, row_mask, weights)
-        total = total + loss
+        total = total + weights.step_weight(k) * loss
         metrics.update({f"{name}_p{k + 1}": value for name, value in m.items() if name != "tokens"})
     return total, metrics
 

@@ -43,6 +43,11 @@ class FSPADTrainingArguments(TrainingArguments):
     eval_unroll_steps: int | None = field(
         default=None, metadata={"help": "Draft positions evaluated at eval steps (default: the head's tree_depth)."}
     )
+    unroll_decay: float = field(
+        default=1.0,
+        metadata={"help": "Weight decay**k of HASS unroll step k in the training loss (1.0 = equal weights; "
+                  "0 = teacher forcing only counts). Evaluation always weighs positions equally."},
+    )
     feature_loss_weight: float = field(default=1.0, metadata={"help": "Weight of SmoothL1(o_r, f_{t+1})."})
     logit_loss_weight: float = field(default=0.1, metadata={"help": "Weight of the soft cross-entropy on o_p."})
     clip_grad_value: float | None = field(
@@ -105,8 +110,10 @@ class FSPADTrainer(Trainer):
             _drop_mixed_precision_wrapper(self.model)
 
     # -------------------------------------------------------------------------------- loss
-    def _weights(self) -> LossWeights:
-        return LossWeights(feature=self.args.feature_loss_weight, logits=self.args.logit_loss_weight)
+    def _weights(self, training: bool = True) -> LossWeights:
+        """Loss weights; the unroll decay applies to training only, so eval losses compare across recipes."""
+        decay = getattr(self.args, "unroll_decay", 1.0) if training else 1.0
+        return LossWeights(feature=self.args.feature_loss_weight, logits=self.args.logit_loss_weight, step_decay=decay)
 
     def _features(self, inputs) -> torch.Tensor:
         if "hidden_states" in inputs:  # offline
@@ -172,7 +179,7 @@ class FSPADTrainer(Trainer):
                     hidden_states=self._features(inputs),
                     loss_mask=inputs["loss_mask"],
                     unroll_steps=steps,
-                    loss_weights=self._weights(),
+                    loss_weights=self._weights(training=False),
                 )
                 sums["loss"] += float(loss) / steps
                 for name, value in parts.items():
