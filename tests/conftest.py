@@ -158,3 +158,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.path.name in CORE_FILES:
             item.add_marker(pytest.mark.core)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket use fails the test (loading must stay local)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)

@@ -120,3 +120,31 @@ def test_first_divergences_locate_the_token_and_measure_the_targets_margin():
                                                 "per_category": {}},
                                    "m": {"overall": {"tau": 1.0, "speedup": 1.0, "tokens_per_s": 1.0},
                                          "per_category": {}, "divergences": report}}})
+
+
+def test_merged_sets_numbered_from_zero_pair_by_category(tmp_path):
+    """Sets merged with ids 0.. in each category: every turn must compare with its own baseline.
+
+    Paired by question id alone, the 'writing' turns of id 0 met the 'math' baseline of id 0 and a
+    lossless method looked non-identical (and per-category speed-ups used other questions' times).
+    """
+    tok = tiny_chat_tokenizer()
+    target = make_target("llama", seed=51, vocab_size=len(tok))
+    target.generation_config.eos_token_id = None
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=8, tree_depth=3, tree_top_k=3)
+    rows = [{"question_id": i, "category": cat, "turns": [f"{cat} {word}"]}
+            for cat in ("writing", "math", "code") for i, word in enumerate(["the fox", "lazy dog"])]
+    path = tmp_path / "merged.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    methods = [Method("baseline"), Method("fspad", {"assistant_model": head}, head)]
+    summary = run_benchmark(target, tok, methods, load_questions(path), tmp_path / "r.json", max_new_tokens=10)
+    fspad = summary["methods"]["fspad"]
+    assert fspad["overall"]["identical_turns"] == 6 and fspad["overall"]["questions"] == 6
+    assert all(c["identical_to_baseline"] for c in fspad["per_category"].values())
+
+
+def test_duplicate_question_id_in_a_category_is_refused(tmp_path):
+    path = tmp_path / "dup.jsonl"
+    path.write_text("\n".join(json.dumps({"question_id": 7, "category": "qa", "turns": [t]}) for t in ("a", "b")))
+    with pytest.raises(ValueError, match="question_id 7 appears twice in category 'qa' \\(lines 1 and 2\\)"):
+        load_questions(path)

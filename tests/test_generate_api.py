@@ -9,6 +9,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 from transformers.cache_utils import DynamicCache, StaticCache
 
 import fspad_hf
+import fspad_hf.decoding.generation as generation
 from fspad_hf import FSPADDraftModel
 from fspad_hf.compat import GENERATE_CACHE_FIELD, cache_kwargs
 from fspad_hf.training.objective import DraftObjective
@@ -198,3 +199,21 @@ def test_our_calls_raise_no_deprecation_warning(pair, caplog):
     messages = [str(w.message) for w in caught] + [r.getMessage() for r in caplog.records]
     deprecated = [m for m in messages if "deprecat" in m.lower()]
     assert not deprecated, deprecated
+
+
+def test_prefill_computes_logits_for_the_last_prompt_row_only(pair, monkeypatch):
+    """Plain generate() keeps only the last prompt row's logits; the tree loop must not pay for the rest."""
+    target, head = pair
+    rows = []
+    original = generation.target_logits
+
+    def counting(model, features):
+        rows.append(features.shape[0])
+        return original(model, features)
+
+    monkeypatch.setattr(generation, "target_logits", counting)
+    prompt = torch.randint(0, 96, (1, 40))
+    out = target.generate(prompt, assistant_model=head, max_new_tokens=6)
+    assert rows[0] == 1, rows  # prefill: one row, not 40
+    assert all(r == n + 1 for r, n in zip(rows[1:], head.last_generation_stats.tree_sizes)), rows
+    assert torch.equal(out, target.generate(prompt, max_new_tokens=6))

@@ -3,7 +3,6 @@
 import ast
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,8 +16,9 @@ from safetensors import safe_open
 from transformers.generation.streamers import BaseStreamer
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.sharing.standalone import CARD_TEMPLATE_NAME, TEMPLATE_DIR, VendoringError, check_standalone
+from fspad_hf.sharing import standalone
 from fspad_hf.sharing.hub import EXPECTED_FILES, build_model_card, cmd_push, push_head, push_parser, save_head_repo
+from fspad_hf.sharing.standalone import CARD_TEMPLATE_NAME, VendoringError, card_template_path, check_standalone
 from tests.conftest import make_target
 
 REPO = "someone/tiny-llama-fspad"
@@ -124,6 +124,95 @@ def test_custom_generate_files_are_standalone(repo):
         check_standalone("import fspad_hf\n")
 
 
+LEFT_OUT_OF_STANDALONE = ("draft_objective", "FSPADTrainer", "load_int8", "check_head_folder", "resolve_shipped",
+                          "ModelCard")
+
+
+def test_custom_generate_holds_only_what_decoding_needs(repo):
+    source = (repo / "custom_generate" / "generate.py").read_text()
+    assert len(source.splitlines()) < 1200
+    for needle in LEFT_OUT_OF_STANDALONE:
+        assert needle not in source, needle
+    tree = ast.parse(source)
+    classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    methods = {m.name for m in classes["FSPADDraftModel"].body if isinstance(m, ast.FunctionDef)}
+    assert {"draft_step", "bind_target", "_init_weights"} & methods == {"draft_step", "bind_target"}  # base class
+    assert not {"from_pretrained", "from_target", "set_draft_vocab", "forward"} & methods  # `# standalone: omit`
+    assert "_safetensors_from_pretrained" in source  # the entry point's safetensors-only loader stands in
+    names = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert not {"route", "install", "unwrap_head", "FSPADOutput", "METHODS", "DraftingHead"} & names  # unreachable
+    vendored = source[: source.index("# (vendored fspad_hf modules above)")]
+    docstrings = [n for n in ast.walk(ast.parse(vendored)) if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                  and ast.get_docstring(n) is not None]
+    assert not docstrings, [n.name for n in docstrings]
+
+
+PKG = {  # a miniature fspad_hf for the builder: nested folders, a marker, unreachable code
+    "low.py": "CONST = 3\n",
+    "decoding/util.py": "def helper(head, const):\n    return head.run(), const\n",
+    "decoding/generation.py": (
+        '"""Module doc."""\n\nfrom __future__ import annotations\n\nimport os\n\nfrom ..head.model import Head\n'
+        "from .util import helper\nfrom ..low import CONST\n\n\n"
+        'def tree_generate(model):\n    """Function doc."""\n    # invariant: kept\n    return helper(Head(), CONST)\n\n\n'
+        "def unused():\n    return os.getcwd()\n"
+    ),
+    "head/model.py": (
+        "import json\n\nfrom .loading import load_head\n\n\nclass Head:\n    def run(self):\n        return 1\n\n"
+        "    # standalone: omit\n    @classmethod\n    def from_pretrained(cls, source):\n"
+        "        return load_head(cls, json.loads(source))\n"
+    ),
+    "head/loading.py": "def load_head(cls, source):\n    from .storage import load_int8\n\n    return load_int8(source)\n",
+    "sharing/entry.py": (
+        '"""Entry doc."""\n\nfrom __future__ import annotations\n\n# fspad-hf: vendored-begin\n'
+        "from fspad_hf.decoding.generation import tree_generate\nfrom fspad_hf.head.model import Head\n"
+        "# fspad-hf: vendored-end\n\nDEFAULT_DRAFT_MODEL: str | None = None  # fspad-hf: default-draft-model\n\n\n"
+        "def generate(model):\n    return tree_generate(model), Head\n"
+    ),
+}
+
+
+def build_mini(tmp_path, monkeypatch, **changes):
+    root = tmp_path / "pkg"
+    for rel, text in {**PKG, **changes}.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    monkeypatch.setattr(standalone, "PACKAGE_DIR", root)
+    monkeypatch.setattr(standalone, "ENTRY_FILE", root / "sharing" / "entry.py")
+    return standalone.build_generate_py(default_draft_model="me/head")
+
+
+def test_builder_follows_nested_folders_and_prunes(tmp_path, monkeypatch):
+    text = build_mini(tmp_path, monkeypatch)
+    namespace = {}
+    exec(compile(text, "generate.py", "exec"), namespace)
+    assert namespace["generate"](None)[0] == (1, 3) and namespace["DEFAULT_DRAFT_MODEL"] == "me/head"
+    assert "from_pretrained" not in vars(namespace["Head"])
+    for absent in ("load_head", "unused", "import json", "import os", "Module doc", "Function doc", "fspad_hf.", "from ."):
+        assert absent not in text.split('"""', 2)[2], absent
+    assert "# invariant: kept" in text
+    sections = [line.split()[-1] for line in text.splitlines() if line.startswith("# ------------------------------ ")]
+    assert sections == ["fspad_hf/head/model.py", "fspad_hf/decoding/util.py", "fspad_hf/low.py",
+                        "fspad_hf/decoding/generation.py"]
+    assert standalone.vendored_module_names() == ["head.model", "decoding.util", "low", "decoding.generation"]
+
+
+def test_builder_refuses_unsafe_merges(tmp_path, monkeypatch):
+    with pytest.raises(VendoringError, match="defined differently"):
+        build_mini(tmp_path / "a", monkeypatch, **{"decoding/util.py": "CONST = 4\n\n\ndef helper(head, const):\n"
+                                                                   "    return head.run(), CONST\n"})
+    omitted = "# standalone: omit\n" + PKG["decoding/util.py"]
+    with pytest.raises(VendoringError, match="stand-in `helper`"):
+        build_mini(tmp_path / "b", monkeypatch, **{"decoding/util.py": omitted})
+    stand_in = PKG["sharing/entry.py"] + "\n\ndef helper(head, const):\n    return 0, const\n"
+    text = build_mini(tmp_path / "c", monkeypatch, **{"decoding/util.py": omitted, "sharing/entry.py": stand_in})
+    namespace = {}
+    exec(compile(text, "generate.py", "exec"), namespace)
+    assert namespace["generate"](None)[0] == (0, 3)
+    nested = PKG["head/model.py"].replace("    # standalone: omit\n", "")
+    with pytest.raises(VendoringError, match="inside a definition"):
+        build_mini(tmp_path / "d", monkeypatch, **{"head/model.py": nested})
+
+
 def test_from_pretrained_round_trip(repo, head, target):
     loaded = FSPADDraftModel.from_pretrained(repo)
     assert loaded.config.method_name == "FSPAD" and loaded.config.target_name_or_path == SMOLLM2
@@ -135,16 +224,6 @@ def test_from_pretrained_round_trip(repo, head, target):
 
 
 # ---------------------------------------------------------------------------- push (intercepted)
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("network access attempted")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-
-
 def test_push_uploads_the_repo_folder(head, no_network, monkeypatch):
     calls = []
 
@@ -200,9 +279,11 @@ def test_card_variants(target, tmp_path, caplog):
     assert build_model_card(eagle, base_model_license="mit").data.license == "mit"
 
 
-def test_card_templates_in_sync():
+def test_card_template_has_one_source():
     canonical = Path(__file__).parent.parent / "model_cards" / CARD_TEMPLATE_NAME
-    assert canonical.read_text() == (TEMPLATE_DIR / CARD_TEMPLATE_NAME).read_text()
+    path = card_template_path()
+    assert path.parent == Path(standalone.__file__).parent and path.name == CARD_TEMPLATE_NAME
+    assert path.read_text() == canonical.read_text()  # the package file is a link to model_cards/ in a checkout
 
 
 # ---------------------------------------------------------------------------- custom_generate
@@ -239,7 +320,7 @@ def test_custom_generate_needs_trust_remote_code(repo, target):
 
 SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys
+    import importlib.abc, os, shutil, sys
 
     class NoFspad(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):
@@ -263,6 +344,16 @@ SCRIPT = textwrap.dedent(
     explicit = target.generate(ids, custom_generate=repo, trust_remote_code=True, draft_model=repo,
                                tree_total_tokens=8, tree_depth=3, max_new_tokens=30, do_sample=False)
     assert torch.equal(default, plain) and torch.equal(explicit, plain), (default, explicit, plain)
+    pickled = os.path.join(target_dir, "..", "pickled")  # config.json + a pickle checkpoint only: refused unread
+    os.makedirs(pickled)
+    shutil.copy(os.path.join(repo, "config.json"), pickled)
+    with open(os.path.join(pickled, "pytorch_model.bin"), "wb") as handle:
+        handle.write(b"not even a pickle")
+    try:
+        target.generate(ids, custom_generate=repo, trust_remote_code=True, draft_model=pickled, max_new_tokens=2)
+        raise SystemExit("a pickle-only head folder was loaded")
+    except OSError as error:
+        assert "model.safetensors" in str(error), error
     assert not any(name.startswith("fspad_hf") for name in sys.modules)
     print("CUSTOM_GENERATE_OK", plain.shape[1])
     """

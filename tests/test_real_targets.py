@@ -75,3 +75,28 @@ def test_qwen_greedy_identity_with_every_shipped_head(qwen):
     heads, trained = _heads(target, tok, every=True)
     assert trained, "no shipped Qwen2.5-Coder-0.5B head found under src/fspad_hf/heads/"
     _check_identity(target, tok, heads, trained, max_new_tokens=24)
+
+
+def test_shipped_heads_load_by_short_name_offline(no_network):
+    """A shipped head's short name resolves locally (no Hub retry); an unknown name lists the shipped ones."""
+    heads = shipped_heads()
+    if "smollm2-fspad" not in heads:
+        pytest.skip("pip install -e ./heads to install the shipped heads")
+    head = FSPADDraftModel.from_pretrained("smollm2-fspad")
+    assert head.config.target_name_or_path == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(FileNotFoundError, match="smollm2-fspad"):
+        FSPADDraftModel.from_pretrained("smollm2-nonexistent")
+
+
+def test_demo_float32_is_identical_and_explains_itself(smollm2):
+    """The demo's float32 run equals plain generate(), prints the thread count and explains its speed."""
+    if "smollm2-fspad" not in shipped_heads():
+        pytest.skip("pip install -e ./heads to install the shipped heads")
+    from fspad_hf.evaluation.demo import run_demo
+
+    lines = []
+    result = run_demo("smollm2", prompt=PROMPTS[0], max_new_tokens=16, dtype="float32", threads=1, echo=lines.append)
+    assert result["identical"] and result["dtype"] == "float32" and result["threads"] == 1
+    text = "\n".join(lines)
+    assert "1 torch thread(s)" in text and "identical output: True" in text
+    assert "best possible speed-up here is" in text

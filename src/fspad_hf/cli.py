@@ -260,7 +260,7 @@ def _bench_parser():
     p.add_argument("--tree_total_tokens", type=int, default=None)
     p.add_argument("--tree_depth", type=int, default=None)
     p.add_argument("--tree_top_k", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores free of other work now)")
     p.add_argument("--output", default="benchmarks/results/results.json", help="JSON path; .md table and plots beside it")
     p.add_argument("--no_plots", action="store_true")
     return p
@@ -298,9 +298,10 @@ def cmd_bench(argv: list[str]) -> None:
     from .decoding.settings import KEYWORDS
     from .evaluation.benchmark import Method, load_questions, plot, run_benchmark
 
+    from .machine import default_threads
+
     a = _bench_parser().parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+    torch.set_num_threads(a.threads or default_threads())
     target, tokenizer = _load_target(TargetArguments(a.target, a.dtype))
     questions = load_questions(a.questions, a.per_category, a.categories.split(",") if a.categories else None)
     tree = {kw: v for kw in KEYWORDS if (v := getattr(a, kw)) is not None}
@@ -321,45 +322,21 @@ def cmd_bench(argv: list[str]) -> None:
 
 
 def cmd_demo(argv: list[str]) -> None:
-    """Answer a prompt with the shipped FSPAD head (streamed), then compare speed with plain generate()."""
+    """Answer a prompt with the shipped FSPAD head (streamed), compare with plain generate(), explain the result."""
     import argparse
-    import time
 
-    from transformers import TextStreamer
-
-    from .head.shipped import shipped_heads
+    from .evaluation.demo import DTYPES, run_demo
 
     p = argparse.ArgumentParser(prog="fspad-hf demo", description=cmd_demo.__doc__)
     p.add_argument("--target", default="smollm2")
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
-    p.add_argument("--head", default=None, help="head folder (default: the shipped FSPAD head for the target)")
+    p.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+                   help="auto: a short probe picks the dtype where the head is fastest on this machine")
+    p.add_argument("--head", default=None, help="head folder or shipped name (default: the target's shipped FSPAD head)")
     p.add_argument("--prompt", default="Write a short explanation of how a hash map works, with a Python example.")
     p.add_argument("--max_new_tokens", type=int, default=200)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores free of other work now)")
     a = p.parse_args(argv)
-    target, tokenizer = _load_target(TargetArguments(a.target, a.dtype))
-    shipped = shipped_heads(target)
-    fspad = [p for n, p in shipped.items() if n.endswith("-fspad")]
-    path = a.head or (fspad[0] if fspad else next(iter(shipped.values()), None))
-    if path is None:
-        raise SystemExit(f"No shipped head for {a.target}; pass --head PATH (train one with `fspad-hf train`).")
-    head, _ = _heads([f"head={path}"], target, tokenizer, getattr(torch, a.dtype))["head"]
-    from .evaluation.benchmark import prompt_ids
-
-    ids = prompt_ids(tokenizer, [{"role": "user", "content": a.prompt}], target.device)
-    kw = dict(max_new_tokens=a.max_new_tokens, do_sample=False)
-    target.generate(ids, max_new_tokens=8)  # warm-up
-    t0 = time.perf_counter()
-    fast = target.generate(ids, assistant_model=head, streamer=TextStreamer(tokenizer, skip_prompt=True), **kw)
-    t_fast = time.perf_counter() - t0
-    tau = head.last_generation_stats.mean_accepted_length
-    t0 = time.perf_counter()
-    plain = target.generate(ids, **kw)
-    t_plain = time.perf_counter() - t0
-    n = fast.shape[1] - ids.shape[1]
-    print(f"\nwith {head.config.method_name} head: {n / t_fast:.1f} tokens/s (tau {tau:.2f}); "
-          f"plain generate(): {(plain.shape[1] - ids.shape[1]) / t_plain:.1f} tokens/s; "
-          f"speed-up {t_plain / t_fast * n / max(plain.shape[1] - ids.shape[1], 1):.2f}x; "
-          f"identical output: {torch.equal(fast, plain)} ({a.dtype})")
+    run_demo(a.target, a.head, a.prompt, a.max_new_tokens, a.dtype, a.threads)
 
 
 def cmd_push(argv: list[str]) -> None:

@@ -1,7 +1,7 @@
 """Tree speculative decoding inside `generate()`.
 
 Two routes reach `tree_generate`:
-- `target.generate(ids, assistant_model=head, ...)` after `import fspad_hf` (see `patch.py`);
+- `target.generate(ids, assistant_model=head, ...)` after `import fspad_hf` (see `route.py`);
 - `target.generate(ids, custom_generate=fspad_hf.tree_generate, draft_model=head, ...)`, the
   documented, patch-free transformers hook.
 """
@@ -117,13 +117,16 @@ def tree_mask(cfg, tree: DraftTree, context_len: int, positions: torch.LongTenso
     return next(iter(masks.values())) if len(masks) == 1 else masks
 
 
-def target_forward(model, ids: torch.LongTensor, cache: DynamicCache, attention_mask=None, position_ids=None):
-    """One target forward: (post-final-norm features `[1, T, H]`, float32 logits `[T, V]`)."""
+def target_forward(model, ids: torch.LongTensor, cache: DynamicCache, attention_mask=None, position_ids=None,
+                   last_row_only: bool = False):
+    """One target forward: (post-final-norm features `[1, T, H]`, float32 logits `[T, V]`, or `[1, V]` for
+    the last row only: the prefill needs no logits for the prompt, as in plain generate())."""
     out = decoder_of(model)(
         input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache_kwargs(cache)
     )
     features = out.last_hidden_state
-    return features, target_logits(model, features[0]).float()
+    rows = features[0, -1:] if last_row_only else features[0]
+    return features, target_logits(model, rows).float()
 
 
 def _model_dtype(model) -> torch.dtype:
@@ -161,14 +164,14 @@ def run_tree_decoding(
     dtype = _model_dtype(model)
 
     t0 = time.perf_counter()
-    features, logits = target_forward(model, input_ids, cache)
-    scores = logits_processor(input_ids, logits[-1:]) if logits_processor else logits[-1:]
+    features, logits = target_forward(model, input_ids, cache, last_row_only=True)  # logits [1, V]
+    scores = logits_processor(input_ids, logits) if logits_processor else logits
     token = target_choices(scores, do_sample)
     stats.add_prefill(time.perf_counter() - t0)
     if want_scores:
         all_scores.append(scores)
     if want_logits:
-        all_logits.append(logits[-1:])
+        all_logits.append(logits)
     input_ids, _, done = _emit(token, input_ids, stopping_criteria, scores)
     if streamer is not None:
         streamer.put(token.cpu())

@@ -35,11 +35,13 @@ class TreeSettings:
         values.update({KEYWORDS[kw]: v for kw, v in overrides.items() if v is not None})
         return cls(**values)
 
+    # standalone: omit (the assistant_model route)
     @staticmethod
     def pop_keywords(kwargs: dict) -> dict:
         """Remove the tree keywords from a generate() kwargs dict and return them."""
         return {kw: kwargs.pop(kw) for kw in KEYWORDS if kw in kwargs}
 
+    # standalone: omit (command line)
     @staticmethod
     def parse_suffix(spec: str) -> tuple[str, dict]:
         """`PATH@T,D,K` -> (PATH, generate() keywords); no suffix -> (PATH, {})."""
@@ -51,6 +53,7 @@ class TreeSettings:
             raise ValueError(f"{spec!r}: the tree suffix must be @TOTAL_TOKENS,DEPTH,TOP_K (e.g. @16,5,4).")
         return path, dict(zip(KEYWORDS, (int(x) for x in parts)))
 
+    # standalone: omit (not used by decoding)
     def as_keywords(self) -> dict:
         return {kw: getattr(self, field) for kw, field in KEYWORDS.items()}
 

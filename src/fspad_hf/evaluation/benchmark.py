@@ -41,12 +41,20 @@ def load_questions(path: str | Path, per_category: int | None = None, categories
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Question file not found: {path}. Spec-Bench lives at ../shared/data/spec_bench/question.jsonl.")
-    out, seen = [], defaultdict(int)
-    for line in path.read_text(encoding="utf-8").splitlines():
+    out, seen, line_of = [], defaultdict(int), {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         q = json.loads(line)
         cat = q.get("category", "all")
+        key = (cat, q["question_id"])
+        if key in line_of:  # turns are paired by (category, id, turn): an id must be unique in its category
+            raise ValueError(
+                f"{path}: question_id {q['question_id']} appears twice in category '{cat}' (lines {line_of[key]} and "
+                f"{number}). Give every question of a category its own id (e.g. renumber merged sets), or put merged "
+                "sets in different categories."
+            )
+        line_of[key] = number
         if categories and cat not in categories:
             continue
         if per_category is not None and seen[cat] >= per_category:
@@ -70,6 +78,15 @@ class ForwardCounter:
 
     def close(self) -> None:
         self.handle.remove()
+
+
+def turn_key(record: dict) -> tuple:
+    """(category, question_id, turn): how records of different methods are paired."""
+    return record.get("category", "all"), record["question_id"], record["turn"]
+
+
+def question_key(record: dict) -> tuple:
+    return record.get("category", "all"), record["question_id"]
 
 
 def prompt_ids(tokenizer, history: list[dict], device) -> torch.LongTensor:
@@ -107,14 +124,14 @@ def _agg(records: list[dict], baseline: dict[tuple, dict] | None, greedy: bool) 
     wall = sum(r["wall_s"] for r in records)
     forwards = sum(r["forwards"] for r in records)
     out = {
-        "questions": len({r["question_id"] for r in records}),
+        "questions": len({question_key(r) for r in records}),
         "new_tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall if wall else 0.0,
         "tau": (tokens - len(records)) / (forwards - len(records)) if forwards > len(records) else 1.0,
     }
     if baseline is not None:
-        base = [baseline[(r["question_id"], r["turn"])] for r in records]
+        base = [baseline[turn_key(r)] for r in records]
         base_tps = sum(b["new_tokens"] for b in base) / sum(b["wall_s"] for b in base)
         out["speedup"] = out["tokens_per_s"] / base_tps if base_tps else 0.0
         out["identical_to_baseline"] = (
@@ -144,7 +161,7 @@ def summarize(records: list[dict], method_names: list[str], greedy: bool) -> dic
     for r in records:
         by_method[r["method"]].append(r)
     base_name = method_names[0]
-    baseline = {(r["question_id"], r["turn"]): r for r in by_method[base_name]}
+    baseline = {turn_key(r): r for r in by_method[base_name]}
     result = {}
     for name in method_names:
         recs = by_method[name]
@@ -171,21 +188,21 @@ def first_divergences(target, tokenizer, records: list[dict], questions: list[di
     pair gap of a few bf16 ulps; either may be the argmax. In float32 any divergence is a bug. Returns
     ``{method: {"turns": n, "max_top2_gap": g, "max_pair_gap": p, "both_in_top2": bool, "cases": [...]}}``.
     """
-    turns_of = {q["question_id"]: q["turns"] for q in questions}
-    by_key = {(r["method"], r["question_id"], r["turn"]): r for r in records}
+    turns_of = {question_key(q): q["turns"] for q in questions}
+    by_key = {(r["method"], *turn_key(r)): r for r in records}
     base = method_names[0]
     out = {}
     for name in method_names[1:]:
         cases = []
-        for qid, turns in turns_of.items():
+        for (cat, qid), turns in turns_of.items():
             history = []
             for i, turn in enumerate(turns):
-                b, r = by_key.get((base, qid, i)), by_key.get((name, qid, i))
+                b, r = by_key.get((base, cat, qid, i)), by_key.get((name, cat, qid, i))
                 if b is None or r is None:
                     break
                 history.append({"role": "user", "content": turn})
                 if r["tokens"] != b["tokens"]:
-                    cases.append(_divergence_case(target, tokenizer, history, b["tokens"], r["tokens"], qid, i))
+                    cases.append({"category": cat, **divergence_case(target, tokenizer, history, b["tokens"], r["tokens"], qid, i)})
                     break
                 history.append({"role": "assistant", "content": b["text"]})
         measured = [c for c in cases if c["top2_gap"] is not None]  # not: one output a prefix of the other
@@ -197,7 +214,7 @@ def first_divergences(target, tokenizer, records: list[dict], questions: list[di
     return out
 
 
-def _divergence_case(target, tokenizer, history, base_tokens, method_tokens, qid, turn) -> dict:
+def divergence_case(target, tokenizer, history, base_tokens, method_tokens, qid, turn) -> dict:
     pos = next((i for i, (a, b) in enumerate(zip(base_tokens, method_tokens)) if a != b),
                min(len(base_tokens), len(method_tokens)))
     case = {"question_id": qid, "turn": turn, "position": pos, "top2_gap": None, "pair_gap": None,
@@ -230,8 +247,8 @@ def _load_partial(path: Path, turns_of: dict) -> list[dict]:
             break
     counts = defaultdict(int)
     for r in records:
-        counts[(r["method"], r["question_id"])] += 1
-    whole = [r for r in records if counts[(r["method"], r["question_id"])] == turns_of.get(r["question_id"])]
+        counts[(r["method"], *question_key(r))] += 1
+    whole = [r for r in records if counts[(r["method"], *question_key(r))] == turns_of.get(question_key(r))]
     if len(whole) != len(records) or len(records) != len(path.read_text(encoding="utf-8").splitlines()):
         logger.warning("%s: dropping %d records of half-recorded questions; they are redone", path,
                        len(records) - len(whole))
@@ -247,8 +264,8 @@ def run_benchmark(target, tokenizer, methods: list[Method], questions: list[dict
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_suffix(".partial.jsonl")
-    records = _load_partial(partial, {q["question_id"]: len(q["turns"]) for q in questions})
-    done = {(r["method"], r["question_id"]) for r in records}
+    records = _load_partial(partial, {question_key(q): len(q["turns"]) for q in questions})
+    done = {(r["method"], *question_key(r)) for r in records}
     greedy = temperature == 0.0
     gen_kwargs = {"max_new_tokens": max_new_tokens, "do_sample": not greedy}
     if not greedy:
@@ -261,7 +278,7 @@ def run_benchmark(target, tokenizer, methods: list[Method], questions: list[dict
         with partial.open("a", encoding="utf-8") as sink:
             for q in tqdm(questions, desc="questions"):
                 for m in methods:
-                    if (m.name, q["question_id"]) in done:
+                    if (m.name, *question_key(q)) in done:
                         continue
                     history, turns = [], []
                     for i, turn in enumerate(q["turns"]):

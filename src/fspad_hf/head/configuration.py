@@ -153,12 +153,14 @@ class FSPADConfig(PretrainedConfig):
                     f"FSPADConfig.draft_vocab_size ({self.draft_vocab_size}) must be in (0, vocab_size={self.vocab_size}]."
                 )
 
+    # standalone: omit (method names: CLI, training logs, model cards)
     @property
     def method(self) -> Method:
         """The `METHODS` entry the FS / PAD switches describe."""
         switches = (self.feature_sampling, self.partial_alignment)
         return next(m for m in METHODS.values() if (m.feature_sampling, m.partial_alignment) == switches)
 
+    # standalone: omit (method names: CLI, training logs, model cards)
     @property
     def method_name(self) -> str:
         """Human name of the method the switches describe: EAGLE-2, FS, PAD, FSPAD (+ PosS-N)."""

@@ -34,6 +34,7 @@ class DraftStep:
     feedback: torch.Tensor
 
 
+# standalone: omit (a typing protocol: decoding names it in annotations only)
 @runtime_checkable
 class DraftingHead(Protocol):
     """The methods every head kind implements (all shapes batch-first)."""

@@ -98,6 +98,7 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         self.register_load_state_dict_post_hook(_refresh_after_load)
         self.post_init()
 
+    # standalone: omit (the generated file loads with transformers' loader, safetensors only)
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs) -> FSPADDraftModel:
         """Load a saved head: a shipped head's short name, a local folder or a Hub repo id.
@@ -108,6 +109,7 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         return load_head(cls, super().from_pretrained, pretrained_model_name_or_path, *model_args, **kwargs)
 
     # ------------------------------------------------------------------ target binding
+    # standalone: omit (building new heads)
     @classmethod
     def from_target(cls, target: PreTrainedModel, tokenizer=None, **config_overrides) -> FSPADDraftModel:
         """A randomly initialised head sized for `target`, on its device and in its dtype."""
@@ -184,6 +186,7 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         self._bound["lm_weight"] = weight.detach()
         self._bound["lm_bias"] = None if bias is None else bias.detach()
 
+    # standalone: omit (training)
     def set_draft_vocab(self, token_ids) -> None:
         """Set the reduced draft vocabulary (target ids, e.g. from `trainer.select_draft_vocab`)."""
         if self.d2t is None:
@@ -197,6 +200,7 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         if self._bound is not None:
             self._refresh_draft_lm_head()
 
+    # standalone: omit (not used by decoding)
     def bound_to(self, target: PreTrainedModel) -> bool:
         return self._bound is not None and self._bound["target_id"] == id(target)
 
@@ -216,6 +220,7 @@ class FSPADDraftModel(FSPADPreTrainedModel):
     def num_specialists(self) -> int:
         return len(self.layers)
 
+    # standalone: omit (not used by decoding)
     @property
     def target_feature_layers(self) -> tuple[int, ...] | None:
         return None  # the post-final-norm feature of the target
@@ -267,6 +272,7 @@ class FSPADDraftModel(FSPADPreTrainedModel):
         return self.rotary_emb(x, position_ids)
 
     # ------------------------------------------------------------------ inference forward
+    # standalone: omit (inspection API; decoding drives the drafting interface)
     def forward(
         self,
         input_ids: torch.LongTensor,

@@ -21,8 +21,8 @@ import os
 from transformers.generation.utils import GenerationMixin
 
 # fspad-hf: vendored-begin
-# When fspad-hf builds a repo, this block is replaced by a pinned copy of the library modules it needs,
-# so the published file depends only on torch and transformers (see custom_generate_template).
+# When fspad-hf builds a repo, this block is replaced by a pinned copy of the library code it needs, so
+# the published file depends only on torch, transformers and safetensors (see fspad_hf.sharing.standalone).
 from fspad_hf.head.configuration import FSPADConfig
 from fspad_hf.decoding.generation import tree_generate
 from fspad_hf.head.modeling import FSPADDraftModel
@@ -33,11 +33,23 @@ HUB_LOAD_KWARGS = ("revision", "token", "cache_dir", "local_files_only", "force_
 _LOADED_HEADS: dict[tuple, FSPADDraftModel] = {}
 
 
+def _safetensors_from_pretrained(cls, source, *model_args, **kwargs):
+    """Stand-in loader of the generated file (fspad_hf's checked loader is left out of it): transformers'
+    own `from_pretrained`, reading config.json + safetensors weights only, never a pickle checkpoint."""
+    if kwargs.get("use_safetensors") is False:
+        raise ValueError("FSPAD heads load from safetensors only (use_safetensors=False would allow pickle files).")
+    return super(FSPADDraftModel, cls).from_pretrained(source, *model_args, **{**kwargs, "use_safetensors": True})
+
+
+if "from_pretrained" not in vars(FSPADDraftModel):  # the generated file (the library loader is left out)
+    FSPADDraftModel.from_pretrained = classmethod(_safetensors_from_pretrained)
+
+
 def load_draft_model(source: str | os.PathLike, **hub_kwargs) -> FSPADDraftModel:
     """Load (once per source and revision) the head from a repo id or a local folder, on CPU."""
     key = (str(source), hub_kwargs.get("revision"))
     if key not in _LOADED_HEADS:
-        _LOADED_HEADS[key] = FSPADDraftModel.from_pretrained(str(source), **hub_kwargs).eval()
+        _LOADED_HEADS[key] = FSPADDraftModel.from_pretrained(str(source), use_safetensors=True, **hub_kwargs).eval()
     return _LOADED_HEADS[key]
 
 

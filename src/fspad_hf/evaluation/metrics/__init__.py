@@ -51,15 +51,15 @@ def records_to_inputs(records: list[dict], method: str, baseline: str = "baselin
     records: dicts with `method`, `question_id`, `turn`, `tokens`, `forwards`, `wall_s` (as written by
     `fspad_hf.evaluation.benchmark.run_benchmark`).
     """
-    base = {(r["question_id"], r.get("turn", 0)): r for r in records if r["method"] == baseline}
+    base = {(r.get("category"), r["question_id"], r.get("turn", 0)): r for r in records if r["method"] == baseline}
     rows = [r for r in records if r["method"] == method]
     if not rows:
         raise ValueError(f"No records for method '{method}' (methods: {sorted({r['method'] for r in records})}).")
     columns: dict[str, list] = {c: [] for c in INPUT_COLUMNS}
     for r in rows:
-        key = (r["question_id"], r.get("turn", 0))
+        key = (r.get("category"), r["question_id"], r.get("turn", 0))
         if key not in base:
-            raise KeyError(f"No '{baseline}' record for question {key[0]} turn {key[1]}: run the baseline too.")
+            raise KeyError(f"No '{baseline}' record for question {key[1]} (category {key[0]}) turn {key[2]}: run the baseline too.")
         b = base[key]
         columns["predictions"].append(list(r["tokens"]))
         columns["references"].append(list(b["tokens"]))
