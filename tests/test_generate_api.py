@@ -11,7 +11,7 @@ from transformers.cache_utils import DynamicCache, StaticCache
 import fspad_hf
 import fspad_hf.decoding.generation as generation
 from fspad_hf import FSPADDraftModel
-from fspad_hf.compat import GENERATE_CACHE_FIELD, cache_kwargs
+from fspad_hf.compat import GENERATE_CACHE_FIELD, GENERATE_CACHE_KWARGS, cache_kwargs
 from fspad_hf.training.objective import DraftObjective
 from tests.conftest import OracleDrafter, generate_with_oracle, make_target
 
@@ -168,7 +168,7 @@ def test_unbound_head_and_empty_prompt(pair):
         target.generate(torch.zeros(1, 0, dtype=torch.long), assistant_model=head, max_new_tokens=3)
 
 
-@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+@pytest.mark.parametrize("name", GENERATE_CACHE_KWARGS)
 def test_user_cache_is_refused_under_every_name(pair, name):
     """A static or already filled cache would be silently ignored; it must be refused whatever it is called.
 

@@ -25,8 +25,10 @@ def _field_names(output_cls) -> set[str]:
 
 # Name of the cache keyword of model / attention forwards and of the cache field of model outputs.
 CACHE_NAME: str = "cache" if "cache" in _field_names(BaseModelOutputWithPast) else "past_key_values"
-# Every name a user may pass a cache under (the old one is still accepted by generate() on 5.24).
+# Every name a cache may arrive under in generate()'s model_kwargs (checked, whatever the release).
 USER_CACHE_NAMES: tuple[str, ...] = ("cache", "past_key_values", "cache_params")
+# The names generate() itself accepts from a caller on this release (the old one warns on >= 5.24).
+GENERATE_CACHE_KWARGS: tuple[str, ...] = ("cache", "past_key_values") if CACHE_NAME == "cache" else ("past_key_values",)
 # Cache field of generate()'s dict output.
 GENERATE_CACHE_FIELD: str = "cache" if "cache" in _field_names(GenerateDecoderOnlyOutput) else "past_key_values"
 # The full (non-sliding, non-quantized) cache layer: tree decoding needs every position removable.
@@ -60,6 +62,7 @@ def is_full_cache_layer(layer) -> bool:
 __all__ = [
     "CACHE_NAME",
     "USER_CACHE_NAMES",
+    "GENERATE_CACHE_KWARGS",
     "GENERATE_CACHE_FIELD",
     "FULL_CACHE_LAYER",
     "cache_kwargs",
