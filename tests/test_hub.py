@@ -16,9 +16,10 @@ from safetensors import safe_open
 from transformers.generation.streamers import BaseStreamer
 
 from fspad_hf import FSPADDraftModel
-from fspad_hf.sharing import standalone
+from fspad_hf.sharing import standalone, vendoring
 from fspad_hf.sharing.hub import EXPECTED_FILES, build_model_card, cmd_push, push_head, push_parser, save_head_repo
-from fspad_hf.sharing.standalone import CARD_TEMPLATE_NAME, VendoringError, card_template_path, check_standalone
+from fspad_hf.sharing.standalone import CARD_TEMPLATE_NAME, card_template_path, check_standalone
+from fspad_hf.sharing.vendoring import VendoringError
 from tests.conftest import make_target
 
 REPO = "someone/tiny-llama-fspad"
@@ -176,7 +177,7 @@ def build_mini(tmp_path, monkeypatch, **changes):
     for rel, text in {**PKG, **changes}.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
-    monkeypatch.setattr(standalone, "PACKAGE_DIR", root)
+    monkeypatch.setattr(vendoring, "PACKAGE_DIR", root)
     monkeypatch.setattr(standalone, "ENTRY_FILE", root / "sharing" / "entry.py")
     return standalone.build_generate_py(default_draft_model="me/head")
 
