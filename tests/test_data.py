@@ -13,12 +13,11 @@ import logging
 from pathlib import Path
 
 import pytest
-
-from fspad_hf.training.batches import collate
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from fspad_hf.training.batches import collate
 from fspad_hf.training.data import (
     ChatDataset,
     load_conversations,
@@ -382,3 +381,23 @@ def test_real_smollm2_tokenizer_masks():
     unmasked = "".join(masked_runs(tokenizer, out["input_ids"], out["loss_mask"], value=0))
     assert "You are a helpful AI assistant named SmolLM" in unmasked  # the template's default system prompt
     assert all(m["content"] in unmasked for m in CONVERSATION if m["role"] == "user")
+
+
+def test_conversation_windows_learn_every_assistant_token_once():
+    """Right truncation drops the later turns of a long chat; windows keep every target exactly once."""
+    from fspad_hf.training.chat_masks import conversation_windows
+
+    # 3 turns: user 0-9, assistant 10-29, user 30-39, assistant 40-69, user 70-74, assistant 75-99
+    mask = [0] * 10 + [1] * 20 + [0] * 10 + [1] * 30 + [0] * 5 + [1] * 25
+    ids = list(range(100, 200))
+    windows = conversation_windows({"input_ids": ids, "loss_mask": mask}, max_length=32)
+    assert all(len(w["input_ids"]) <= 32 and len(w["input_ids"]) == len(w["loss_mask"]) for w in windows)
+    targets = [tok for w in windows for tok, m in zip(w["input_ids"], w["loss_mask"]) if m]
+    assert sorted(targets) == [ids[t] for t in range(100) if mask[t]]  # each target once, none lost
+    for w in windows:  # a window's first target has context before it (up to half a window)
+        first = w["loss_mask"].index(1)
+        start = ids.index(w["input_ids"][0])
+        assert first == min(16, start + first) or start == 0
+    truncated = mask[:32]
+    assert sum(truncated) < sum(mask)  # what right truncation would have kept
+    assert conversation_windows({"input_ids": [1, 2], "loss_mask": [0, 0]}, 8) == []

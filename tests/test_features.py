@@ -6,12 +6,11 @@ import json
 import pickle
 
 import pytest
-
-from fspad_hf.training.batches import collate
 import torch
 from safetensors.torch import load_file
 
 import fspad_hf.training.features as features
+from fspad_hf.training.batches import collate
 from fspad_hf.training.features import (
     MANIFEST_NAME,
     OfflineFeatureDataset,

@@ -35,6 +35,9 @@ class DataArguments:
     features_dir: str | None = field(default=None, metadata={
         "help": "Offline features from `fspad-hf prepare --features` (default: online); comma-separate several directories."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the train/eval split."})
+    all_turns: bool = field(default=False, metadata={"help": "Learn every assistant turn: cut long conversations into "
+                            "max_length windows (each assistant token a target once, with its context) instead of "
+                            "keeping only the first max_length tokens."})
 
 
 @dataclass
@@ -117,12 +120,16 @@ def _first_turns(messages: list[dict], n: int) -> list[dict]:
     return out
 
 
-def _tokenize(tokenizer, convs, max_length: int) -> list[dict]:
+def _tokenize(tokenizer, convs, max_length: int, all_turns: bool = False) -> list[dict]:
     from tqdm.auto import tqdm
 
-    from .training.chat_masks import tokenize_conversation
+    from .training.chat_masks import conversation_windows, tokenize_conversation
 
-    examples = [tokenize_conversation(tokenizer, c, max_length) for c in tqdm(convs, desc="tokenise", mininterval=5)]
+    progress = tqdm(convs, desc="tokenise", mininterval=5)
+    if all_turns:  # whole conversations, cut into windows: later turns are learned too
+        examples = [w for c in progress for w in conversation_windows(tokenize_conversation(tokenizer, c, 1 << 30), max_length)]
+    else:
+        examples = [tokenize_conversation(tokenizer, c, max_length) for c in progress]
     kept = [e for e in examples if sum(e["loss_mask"]) > 0]
     if not kept:
         raise SystemExit("No example has an assistant token after tokenisation: check the chat template and max_length.")
@@ -149,7 +156,7 @@ def cmd_prepare(argv: list[str]) -> None:
     if pargs.features:
         from .training.features import extract_features
 
-        examples = _tokenize(tokenizer, convs, dargs.max_length)
+        examples = _tokenize(tokenizer, convs, dargs.max_length, dargs.all_turns)
         extract_features(target, examples, out / "features", shard_size=pargs.shard_size,
                          dtype=getattr(torch, pargs.features_dtype))
     logger.info("prepare done: %s", out)
@@ -200,7 +207,7 @@ def cmd_train(argv: list[str]) -> None:
         dataset = load_feature_sets(dargs.features_dir, target)  # checked against this target
         examples = None
     else:
-        examples = _tokenize(tokenizer, _conversations(dargs), dargs.max_length)
+        examples = _tokenize(tokenizer, _conversations(dargs), dargs.max_length, dargs.all_turns)
         random.Random(dargs.split_seed).shuffle(examples)
         dataset = ChatDataset(examples)
     order = list(range(len(dataset)))

@@ -162,3 +162,28 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[dict], max_length: 
     for span in spans:
         _mark_turn(mask, ids, starts, span, text, specials)
     return {"input_ids": ids[:max_length], "loss_mask": mask[:max_length]}
+
+
+def conversation_windows(example: dict[str, list[int]], max_length: int, min_context: int | None = None) -> list[dict[str, list[int]]]:
+    """Cut one tokenised conversation (untruncated) into windows of at most `max_length` tokens so that
+    every assistant token is a training target in exactly one window, with its preceding context.
+
+    Right truncation keeps only the first `max_length` tokens, so the later turns of a long chat are
+    never learned. Here each window starts at most `min_context` (default `max_length // 2`) tokens
+    before the first assistant token not yet covered and ends `max_length` tokens later; tokens before
+    that first uncovered one (already targets of an earlier window) are context only (loss 0).
+    """
+    ids, mask = example["input_ids"], example["loss_mask"]
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {max_length}")
+    context = max_length // 2 if min_context is None else min(min_context, max_length - 1)
+    windows, covered = [], 0
+    while True:
+        first = next((t for t in range(covered, len(mask)) if mask[t]), None)  # first uncovered target
+        if first is None:
+            return windows
+        start = max(0, first - context)
+        end = min(len(ids), start + max_length)
+        window_mask = [0] * (first - start) + mask[first:end]
+        windows.append({"input_ids": ids[start:end], "loss_mask": window_mask})
+        covered = end
