@@ -3,7 +3,7 @@
 # Every step resumes: distillation skips conversations already in the JSONL, feature extraction skips
 # complete shards, training resumes from its last complete checkpoint.
 #
-#   bash scripts/smollm2_heads.sh distill     # self-distillation (runs until stopped or 2400 prompts)
+#   bash scripts/smollm2_heads.sh distill     # self-distillation (runs until stopped or 8000 prompts)
 #   bash scripts/smollm2_heads.sh features    # offline bf16 target features of the three data parts
 #   bash scripts/smollm2_heads.sh main        # EAGLE-2 and FSPAD heads (same data, steps, seed), in parallel
 #   bash scripts/smollm2_heads.sh ablation    # FS-only and PAD-only heads (same recipe, ABLATION_STEPS)
@@ -16,11 +16,12 @@ STEP=${1:-all}
 DISTILLED=${DISTILLED:-1500}
 DATA=data/smollm2/distilled.jsonl
 
-# 1. Self-distillation: SmolLM2 (bf16, greedy) answers the first user turn of ShareGPT conversations 0-2399
-#    (never Spec-Bench). The committed JSONL holds what was distilled so far.
+# 1. Self-distillation: SmolLM2 (bf16, greedy) answers the first user turn of ShareGPT conversations 0-7999
+#    (never Spec-Bench, never the held-out conversations >= 17000). The committed JSONL holds what was
+#    distilled so far; the job resumes from it (one core, niced: OMP_NUM_THREADS=1 nice taskset -c 1 ...).
 if [[ $STEP == distill ]]; then
   mkdir -p runs/smollm2-data && cp -n $DATA runs/smollm2-data/distilled.jsonl || true
-  fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_conversations 2400 --max_turns 1 --regenerate \
+  fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_conversations ${DISTILL_CONVERSATIONS:-8000} --max_turns 1 --regenerate \
     --batch_size 16 --max_new_tokens 256 --max_prompt_tokens 384 --output_dir runs/smollm2-data
   cp runs/smollm2-data/distilled.jsonl $DATA
 fi
