@@ -353,7 +353,27 @@ def cmd_push(argv: list[str]) -> None:
     push(argv)
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "bench": cmd_bench, "demo": cmd_demo, "push": cmd_push}
+def cmd_convert(argv: list[str]) -> None:
+    """Convert a head from another project's layout (EAGLE-1/2: SafeAILab/EAGLE) into a normal head folder."""
+    import argparse
+
+    from .interop import load_eagle
+
+    p = argparse.ArgumentParser(prog="fspad-hf convert", description=cmd_convert.__doc__)
+    p.add_argument("--from", dest="source_format", required=True, choices=["eagle"], help="layout of SRC (eagle: EAGLE-1/2)")
+    p.add_argument("source", metavar="SRC", help="EAGLE head folder (config.json + model.safetensors or pytorch_model.bin) or Hub repo id")
+    p.add_argument("--output", required=True, help="folder to write (config.json + model.safetensors, via save_pretrained)")
+    p.add_argument("--target", default=None, help="optional target (registered name, path or Hub id): checks sizes, records it")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="dtype of the written head")
+    a = p.parse_args(argv)
+    target_dtype = a.dtype if a.dtype in ("float32", "bfloat16") else "float32"
+    target = _load_target(TargetArguments(a.target, target_dtype))[0] if a.target else None
+    head = load_eagle(a.source, target=target, dtype=getattr(torch, a.dtype))
+    head.save_pretrained(a.output)
+    print(f"wrote {head.config.method_name} head to {a.output}")
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "bench": cmd_bench, "demo": cmd_demo, "push": cmd_push, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> None:
