@@ -8,12 +8,13 @@ import pytest
 import fspad_hf
 
 PACKAGE = Path(fspad_hf.__file__).parent
-ROOMS = ("head", "decoding", "training", "evaluation", "sharing")
+ROOMS = ("head", "decoding", "training", "evaluation", "sharing", "interop")
 # room -> rooms it must not import (shared low-level modules at the top are allowed everywhere)
 FORBIDDEN = {
     "head": {"decoding", "training", "evaluation", "sharing"},
     "decoding": {"training", "evaluation", "sharing"},
     "training": {"decoding", "evaluation", "sharing"},
+    "interop": {"training", "evaluation", "sharing"},
 }
 
 
