@@ -3,7 +3,8 @@
 Two routes reach `tree_generate`:
 - `target.generate(ids, assistant_model=head, ...)` after `import fspad_hf` (see `route.py`);
 - `target.generate(ids, custom_generate=fspad_hf.tree_generate, draft_model=head, ...)`, the
-  documented, patch-free transformers hook.
+  documented, patch-free transformers hook. Without `draft_model` but with `retrieval_branches >= 1`
+  it drafts retrieval-only trees (head-free mode, decoding/retrieval.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..head.target_parts import decoder_of, target_logits, text_config_of
 from .cache import compact_cache
 from ..compat import cache_kwargs, generate_output, user_caches
 from .drafter import TreeDrafter
+from .retrieval import RetrievalDrafter
 from .settings import TreeSettings
 from ..head.modeling import FSPADDraftModel
 from .stats import GenerationStats
@@ -146,14 +148,18 @@ def _emit(new_tokens, input_ids, stopping_criteria, row_scores) -> tuple[torch.L
 def run_tree_decoding(
     model,
     input_ids: torch.LongTensor,
-    drafter: TreeDrafter,
+    drafter,
     logits_processor: LogitsProcessorList,
     stopping_criteria: StoppingCriteriaList,
     generation_config: GenerationConfig,
     streamer=None,
     stats: GenerationStats | None = None,
 ):
-    """Prefill, then rounds of draft tree -> one target forward -> accept -> compact caches."""
+    """Prefill, then rounds of draft tree -> one target forward -> accept -> compact caches.
+
+    `drafter`: any object with `observe(features)` and `draft(input_ids, max_depth) -> DraftTree`
+    (`TreeDrafter`, `RetrievalDrafter`, a test oracle). A tree with no nodes is a plain step.
+    """
     stats = stats if stats is not None else GenerationStats()
     cfg = text_config_of(model)
     do_sample = bool(generation_config.do_sample)
@@ -204,7 +210,7 @@ def run_tree_decoding(
             all_scores.extend(row_scores[:kept].split(1))
         if want_logits:
             all_logits.extend(logits[acc.path][:kept].split(1))
-        stats.add_round(acc.num_accepted, kept, t1 - t0, t2 - t1, tree)
+        stats.add_round(acc.num_accepted, kept, t1 - t0, t2 - t1, tree, acc.path)
         if not done:
             drafter.observe(features[:, acc.path])
 
@@ -232,36 +238,55 @@ def tree_generate(
     tree_total_tokens: int | None = None,
     tree_depth: int | None = None,
     tree_top_k: int | None = None,
+    retrieval_branches: int | None = None,
+    retrieval_length: int | None = None,
     **model_kwargs,
 ):
     """Decoding method for `generate(custom_generate=tree_generate, draft_model=head, ...)`.
 
     Per-call tree settings: `tree_total_tokens`, `tree_depth`, `tree_top_k` (default: the head config).
-    The acceptance statistics of the call are stored in `draft_model.last_generation_stats`.
+    Retrieval drafts: `retrieval_branches` (continuations of the current suffix merged into the tree per
+    round, 0 = off) and `retrieval_length` (tokens each); default: the head config. Without
+    `draft_model`, `retrieval_branches >= 1` gives head-free (retrieval-only) drafting.
+    The statistics of the call are stored in `tree_generate.last_generation_stats` and, with a head, in
+    `draft_model.last_generation_stats`.
     Note: transformers does not forward `streamer` to a `custom_generate` callable; use the
     `assistant_model=head` route (after `import fspad_hf`) for streaming.
     """
-    if draft_model is None:
-        raise ValueError("tree_generate needs `draft_model=<FSPADDraftModel>` in the generate() call.")
-    if not isinstance(draft_model, FSPADDraftModel):
+    if draft_model is None and not retrieval_branches:
+        raise ValueError(
+            "tree_generate needs a drafter: `draft_model=<FSPADDraftModel>` in the generate() call, or "
+            "`retrieval_branches=N` (N >= 1) for head-free drafting from the text so far."
+        )
+    if draft_model is not None and not isinstance(draft_model, FSPADDraftModel):
         raise TypeError(f"draft_model must be an FSPADDraftModel, got {type(draft_model).__name__}.")
     if synced_gpus:
         raise ValueError("FSPAD tree decoding does not support synced_gpus (multi-GPU ZeRO-3 generation).")
     validate_request(model, input_ids, generation_config, model_kwargs)
+    settings = TreeSettings.resolve(
+        draft_model.config if draft_model is not None else None, tree_total_tokens=tree_total_tokens,
+        tree_depth=tree_depth, tree_top_k=tree_top_k, retrieval_branches=retrieval_branches,
+        retrieval_length=retrieval_length,
+    )
+    stats = GenerationStats(prompt_length=input_ids.shape[1], settings=settings)
+    tree_generate.last_generation_stats = stats
+    if draft_model is None:
+        drafter = RetrievalDrafter(settings.retrieval_branches, settings.retrieval_length)
+        return run_tree_decoding(
+            model, input_ids, drafter, logits_processor, stopping_criteria, generation_config, streamer, stats
+        )
     draft_model.bind_target(model)  # cheap; re-checks the head against this target on every call
     device = next(model.parameters()).device
     if draft_model.device != device:
         logger.info("Moving the draft head to the target's device %s.", device)
         draft_model.to(device)
-    settings = TreeSettings.resolve(
-        draft_model.config, tree_total_tokens=tree_total_tokens, tree_depth=tree_depth, tree_top_k=tree_top_k
-    )
-    stats = GenerationStats(prompt_length=input_ids.shape[1], settings=settings)
     draft_model.last_generation_stats = stats
     was_training = draft_model.training
     draft_model.eval()
     try:
         drafter = TreeDrafter(draft_model, settings)
+        if settings.retrieval_branches:
+            drafter = RetrievalDrafter(settings.retrieval_branches, settings.retrieval_length, drafter, settings.depth)
         return run_tree_decoding(
             model, input_ids, drafter, logits_processor, stopping_criteria, generation_config, streamer, stats
         )

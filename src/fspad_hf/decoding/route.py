@@ -14,10 +14,10 @@ import functools
 from transformers.generation.utils import GenerationMixin
 
 from .generation import tree_generate
-from .settings import KEYWORDS, TreeSettings
+from .settings import ALL_KEYWORDS, TreeSettings
 from ..head.modeling import FSPADDraftModel, unwrap_head
 
-TREE_KWARGS = tuple(KEYWORDS)
+TREE_KWARGS = tuple(ALL_KEYWORDS)  # tree shape + retrieval keywords
 _ORIGINAL = GenerationMixin.generate
 
 
@@ -33,7 +33,10 @@ def _fspad_generate(self, *args, assistant_model=None, streamer=None, **kwargs):
     head = _as_head(assistant_model)
     if head is None:
         if kwargs.get("custom_generate") is None and any(k in kwargs for k in TREE_KWARGS):
-            raise ValueError(f"{TREE_KWARGS} are only valid with assistant_model=<FSPADDraftModel>.")
+            raise ValueError(
+                f"{TREE_KWARGS} are only valid with assistant_model=<FSPADDraftModel>, or with "
+                "custom_generate=fspad_hf.tree_generate (retrieval_branches=N without a head: head-free drafting)."
+            )
         return _ORIGINAL(self, *args, assistant_model=assistant_model, streamer=streamer, **kwargs)
     if kwargs.get("custom_generate") is not None:
         raise ValueError("Pass either assistant_model=<FSPADDraftModel> or custom_generate, not both.")

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
+from ..head.configuration import FSPADConfig
+
 # generate() keyword -> TreeSettings field; the head config stores the same names as defaults.
+# KEYWORDS: the tree shape (what `@T,D,K` and the command line's --tree_* options set).
 KEYWORDS = {"tree_total_tokens": "total_tokens", "tree_depth": "depth", "tree_top_k": "top_k"}
+# Retrieval drafts merged into the tree (decoding/retrieval.py); retrieval_branches=0 turns them off.
+RETRIEVAL_KEYWORDS = {"retrieval_branches": "retrieval_branches", "retrieval_length": "retrieval_length"}
+# Every generate() keyword TreeSettings carries (what route.py pops and tree_generate accepts).
+ALL_KEYWORDS = {**KEYWORDS, **RETRIEVAL_KEYWORDS}
+
+
+def config_defaults() -> dict:
+    """`FSPADConfig`'s defaults of every carried keyword: the settings of head-free (retrieval-only) decoding."""
+    params = inspect.signature(FSPADConfig.__init__).parameters
+    return {kw: params[kw].default for kw in ALL_KEYWORDS}
 
 
 @dataclass(frozen=True)
@@ -15,31 +29,42 @@ class TreeSettings:
     total_tokens: draft nodes kept for verification (the root is added on top).
     depth: maximum drafted tokens on one path.
     top_k: children expanded per frontier node, and frontier size per level.
+    retrieval_branches: retrieved continuations merged into the tree per round (0 = no retrieval).
+    retrieval_length: maximum tokens per retrieved continuation.
     """
 
     total_tokens: int
     depth: int
     top_k: int
+    retrieval_branches: int = 0
+    retrieval_length: int = 8
 
     def __post_init__(self):
         if min(self.total_tokens, self.depth, self.top_k) < 1:
             raise ValueError(f"tree_total_tokens, tree_depth and tree_top_k must all be >= 1, got {self}.")
+        if self.retrieval_branches < 0 or self.retrieval_length < 1:
+            raise ValueError(
+                f"retrieval_branches must be >= 0 (0 = off) and retrieval_length >= 1, got {self.retrieval_branches} "
+                f"and {self.retrieval_length}."
+            )
 
     @classmethod
     def resolve(cls, head_config, **overrides) -> TreeSettings:
-        """Head-config defaults, overridden by the non-None generate() keywords in `overrides`."""
-        unknown = set(overrides) - set(KEYWORDS)
+        """Head-config defaults (`FSPADConfig`'s own defaults when `head_config` is None: head-free decoding),
+        overridden by the non-None generate() keywords in `overrides`."""
+        unknown = set(overrides) - set(ALL_KEYWORDS)
         if unknown:
-            raise TypeError(f"unknown tree settings {sorted(unknown)}; expected {list(KEYWORDS)}")
-        values = {field: getattr(head_config, kw) for kw, field in KEYWORDS.items()}
-        values.update({KEYWORDS[kw]: v for kw, v in overrides.items() if v is not None})
-        return cls(**values)
+            raise TypeError(f"unknown tree settings {sorted(unknown)}; expected {list(ALL_KEYWORDS)}")
+        defaults = config_defaults()
+        values = {field: getattr(head_config, kw, defaults[kw]) for kw, field in ALL_KEYWORDS.items()}
+        values.update({ALL_KEYWORDS[kw]: v for kw, v in overrides.items() if v is not None})
+        return cls(**{field: int(v) for field, v in values.items()})
 
     # standalone: omit (the assistant_model route)
     @staticmethod
     def pop_keywords(kwargs: dict) -> dict:
-        """Remove the tree keywords from a generate() kwargs dict and return them."""
-        return {kw: kwargs.pop(kw) for kw in KEYWORDS if kw in kwargs}
+        """Remove the tree and retrieval keywords from a generate() kwargs dict and return them."""
+        return {kw: kwargs.pop(kw) for kw in ALL_KEYWORDS if kw in kwargs}
 
     # standalone: omit (command line)
     @staticmethod
@@ -55,7 +80,7 @@ class TreeSettings:
 
     # standalone: omit (not used by decoding)
     def as_keywords(self) -> dict:
-        return {kw: getattr(self, field) for kw, field in KEYWORDS.items()}
+        return {kw: getattr(self, field) for kw, field in ALL_KEYWORDS.items()}
 
 
-__all__ = ["TreeSettings", "KEYWORDS"]
+__all__ = ["TreeSettings", "KEYWORDS", "RETRIEVAL_KEYWORDS", "ALL_KEYWORDS", "config_defaults"]

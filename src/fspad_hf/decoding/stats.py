@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 
 @dataclass
 class GenerationStats:
@@ -16,6 +18,11 @@ class GenerationStats:
         (host wall clock; on CUDA it includes queued work only where a sync happened).
     position_accepts / position_trials: per draft depth p (index p - 1), how many rounds accepted the
         token at depth p, and how many rounds had a node at depth p.
+    tree_sizes: draft nodes verified per round (the root excluded).
+    retrieval_nodes: per round, how many of those nodes came from retrieval only (decoding/retrieval.py;
+        a node both the head and retrieval proposed counts as a head node). All 0 without retrieval.
+    accepted_from_retrieval: per round, how many accepted drafted tokens were retrieval nodes (the rest of
+        `accepted_lengths` came from head nodes; see `accepted_from_head`).
     """
 
     prompt_length: int = 0
@@ -28,11 +35,22 @@ class GenerationStats:
     tree_sizes: list[int] = field(default_factory=list)
     position_accepts: list[int] = field(default_factory=list)
     position_trials: list[int] = field(default_factory=list)
+    retrieval_nodes: list[int] = field(default_factory=list)
+    accepted_from_retrieval: list[int] = field(default_factory=list)
 
     def add_prefill(self, seconds: float) -> None:
         self.prefill_seconds += seconds
 
-    def add_round(self, accepted: int, emitted: int, draft_s: float, verify_s: float, tree) -> None:
+    def add_round(self, accepted: int, emitted: int, draft_s: float, verify_s: float, tree, path=None) -> None:
+        """One verification round; `path` (accepted slots, root first) attributes accepted tokens to their source."""
+        source = getattr(tree, "source", None)  # per node: 0 = head, 1 = retrieval (retrieval.MergedTree)
+        if source is None or path is None or not source.numel():
+            self.retrieval_nodes.append(0)
+            self.accepted_from_retrieval.append(0)
+        else:
+            nodes, taken = torch.stack([source.sum(), source[path[1:] - 1].sum()]).tolist()  # one host sync
+            self.retrieval_nodes.append(nodes)
+            self.accepted_from_retrieval.append(taken)
         self.accepted_lengths.append(accepted)
         self.new_tokens_per_round.append(emitted)
         self.draft_seconds.append(draft_s)
@@ -61,6 +79,11 @@ class GenerationStats:
         return (sum(self.accepted_lengths) + self.num_rounds) / self.num_rounds if self.num_rounds else 0.0
 
     @property
+    def accepted_from_head(self) -> list[int]:
+        """Per round, accepted drafted tokens that were head nodes."""
+        return [a - r for a, r in zip(self.accepted_lengths, self.accepted_from_retrieval)]
+
+    @property
     def acceptance_per_position(self) -> list[float]:
         return [a / t if t else 0.0 for a, t in zip(self.position_accepts, self.position_trials)]
 
@@ -72,6 +95,10 @@ class GenerationStats:
             "new_tokens": 1 + sum(self.new_tokens_per_round),
             "tau": self.mean_accepted_length,
             "acceptance_per_position": self.acceptance_per_position,
+            "tree_nodes_per_round": sum(self.tree_sizes) / rounds,
+            "retrieval_nodes_per_round": sum(self.retrieval_nodes) / rounds,
+            "accepted_from_retrieval": sum(self.accepted_from_retrieval),
+            "accepted_from_head": sum(self.accepted_from_head),
             "draft_ms_per_round": 1000 * sum(self.draft_seconds) / rounds,
             "verify_ms_per_round": 1000 * sum(self.verify_seconds) / rounds,
             "prefill_ms": 1000 * self.prefill_seconds,

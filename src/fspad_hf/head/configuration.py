@@ -77,6 +77,13 @@ class FSPADConfig(PretrainedConfig):
             Maximum depth of the draft tree (= maximum number of drafted tokens on one path).
         tree_top_k (`int`, defaults to 8):
             Children expanded per frontier node and size of the frontier at each level.
+        retrieval_branches (`int`, defaults to 0):
+            Retrieval drafts (decoding/retrieval.py): up to this many distinct continuations of the
+            current suffix, found in the text so far (prompt + generated) by n-gram matching, are merged
+            into the head's tree each round (shared prefixes merged) and verified by the same target
+            forward. 0 turns retrieval off (the default until benchmarks show it pays).
+        retrieval_length (`int`, defaults to 8):
+            Maximum tokens per retrieved continuation (also cut to the tokens left to generate).
         draft_vocab_size (`int`, *optional*):
             If set, the head predicts over a reduced vocabulary of this many target token ids (the
             `d2t` buffer maps draft ids to target ids). Verification always uses the full vocabulary.
@@ -103,6 +110,8 @@ class FSPADConfig(PretrainedConfig):
         tree_total_tokens: int = 24,
         tree_depth: int = 5,
         tree_top_k: int = 8,
+        retrieval_branches: int = 0,
+        retrieval_length: int = 8,
         draft_vocab_size: int | None = None,
         feature_noise: float = 0.2,
         **kwargs,
@@ -118,6 +127,8 @@ class FSPADConfig(PretrainedConfig):
         self.tree_total_tokens = int(tree_total_tokens)
         self.tree_depth = int(tree_depth)
         self.tree_top_k = int(tree_top_k)
+        self.retrieval_branches = int(retrieval_branches)
+        self.retrieval_length = int(retrieval_length)
         self.draft_vocab_size = draft_vocab_size
         self.feature_noise = float(feature_noise)
         tc = self.target_config or {}
@@ -135,6 +146,10 @@ class FSPADConfig(PretrainedConfig):
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"FSPADConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.retrieval_branches < 0:
+            raise ValueError(f"FSPADConfig.retrieval_branches must be >= 0 (0 = off), got {self.retrieval_branches}.")
+        if self.retrieval_length < 1:
+            raise ValueError(f"FSPADConfig.retrieval_length must be >= 1, got {self.retrieval_length}.")
         if self.tree_total_tokens < self.tree_depth:
             raise ValueError(
                 f"FSPADConfig.tree_total_tokens ({self.tree_total_tokens}) must be >= tree_depth "
