@@ -17,10 +17,16 @@
 # COMMIT=1 commits each finished result JSON + summary.md (only these paths, `git commit --only`).
 #
 # Measured on this machine (2-core Sapphire Rapids, core 0, 1 thread, nice 10, other jobs on core 1):
-#   feature extraction (bf16 target, 448 tokens max): MEASURED_EXTRACT
-#   feature disk: MEASURED_DISK
-#   training s/step (batch 4, bf16): MEASURED_STEP
-#   bench (40 questions x 64 tokens, fp32, 1 thread, baseline + head): MEASURED_BENCH
+#   feature extraction (bf16 target, 448 tokens max, batch by prepare's defaults): ~1,000 tokens/s on a quiet
+#     core (900-1,100 per 70k-token shard; sharegpt set 298k tokens in 295 s = 1,010 tokens/s incl. model load);
+#     404k distilled tokens took 513 s = 788 tokens/s while a pytest run shared core 0
+#   feature disk: 446 MiB (distilled, 1,500 examples, 404k tokens) + 329 MiB (sharegpt 2400-3399: 898 examples,
+#     298k tokens) = 775 MiB for 702k tokens (~1.16 KB/token, bf16, H=576); 76 GB were free
+#   training (batch 4, bf16): baseline 0.70 s/step (600 steps = 420 s, ~1 epoch of the 2,375 training examples);
+#     --unroll_steps 3 about 4 s/step while other sessions loaded the machine (load average ~7 on 2 cores):
+#     600 steps stay affordable, so every variant gets 600 steps
+#   bench (40 questions x 64 tokens, fp32, 1 thread, plain generate + head): ~700 s per variant
+#   -> one variant ~20 min (unroll3 ~50 min): the 7 variants take ~2.5 h of core 0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:-all}
@@ -92,13 +98,17 @@ run_variant() {
     echo "[$name] training $(date +%T): $(train_cmd "$name" "$extra")"
     t0=$(date +%s)
     # shellcheck disable=SC2086
-    "${PIN[@]}" fspad-hf train "${COMMON[@]}" $extra --output_dir runs/recipe/$name > runs/logs/recipe-$name.log 2>&1
+    if ! "${PIN[@]}" fspad-hf train "${COMMON[@]}" $extra --output_dir runs/recipe/$name > runs/logs/recipe-$name.log 2>&1; then
+      echo "[$name] training FAILED (runs/logs/recipe-$name.log): next variant"; return 0
+    fi
     echo "[$name] trained in $(( $(date +%s) - t0 )) s (this run; see train_runtime in runs/logs/recipe-$name.log)"
   fi
   echo "[$name] bench $(date +%T): $(bench_cmd "$name")"
   t0=$(date +%s)
-  "${PIN[@]}" fspad-hf bench "${BENCH[@]}" --head runs/recipe/$name/final@8,3,4 --output $OUT/$name.json \
-    > runs/logs/recipe-bench-$name.log 2>&1
+  if ! "${PIN[@]}" fspad-hf bench "${BENCH[@]}" --head runs/recipe/$name/final@8,3,4 --output $OUT/$name.json \
+    > runs/logs/recipe-bench-$name.log 2>&1; then
+    echo "[$name] bench FAILED (runs/logs/recipe-bench-$name.log): next variant"; return 0
+  fi
   echo "[$name] benchmarked in $(( $(date +%s) - t0 )) s $(date +%T)"
   summarize
   commit "Recipe study: $name result" $OUT/$name.json $OUT/$name.md $OUT/summary.md
@@ -139,7 +149,11 @@ md = ["# Recipe study: SmolLM2-135M FSPAD heads at equal compute (issue 13 item 
       f"turns 2400-3399, 448 tokens max), seed 0, batch 4, {steps} steps; it differs from today's recipe only by the",
       "options shown. Selection metric: held-out tau (new tokens per target forward, bonus included) of `fspad-hf bench`,",
       "fp32, greedy, static tree 8/3/4, 64 new tokens, on 40 ShareGPT first turns of conversations >= 17000 (never",
-      "trained on; `scripts/make_heldout.py`). Identical turns: greedy output token-identical to plain generate().", "",
+      "trained on; `scripts/make_heldout.py`). Acceptance per position: fraction of verification rounds in which the",
+      "drafted token at depth p was accepted (not conditional on depth p-1). Identical turns: greedy output",
+      "token-identical to plain generate(). Train s/step: wall time on core 0 of a shared 2-core machine (other sessions",
+      "ran jobs meanwhile), so only a rough cost; final eval acc: top-1 agreement with the target on the 1% eval split",
+      "(23 examples), draft positions 1-3 unrolled.", "",
       *rows, "",
       "Small-compute caveat: one seed, 40 questions; differences of a few hundredths of tau are within noise.", "",
       "Commands (`bash scripts/recipe_study.sh` runs all of them, resumably):", "", "```",
