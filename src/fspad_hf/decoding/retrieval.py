@@ -206,6 +206,7 @@ def merge_retrieved(
     )
 
 
+# standalone: omit (retrieval drafting needs the fspad-hf package; the shared file stays lean)
 class RetrievalDrafter:
     """Drafter of the generation loop with retrieval on: the inner drafter's tree (if any) + retrieved paths.
 

@@ -78,6 +78,7 @@ class GenerationStats:
         """tau: tokens per verification round, bonus included (plain decoding = 1.0)."""
         return (sum(self.accepted_lengths) + self.num_rounds) / self.num_rounds if self.num_rounds else 0.0
 
+    # standalone: omit (reporting only)
     @property
     def accepted_from_head(self) -> list[int]:
         """Per round, accepted drafted tokens that were head nodes."""
@@ -87,6 +88,7 @@ class GenerationStats:
     def acceptance_per_position(self) -> list[float]:
         return [a / t if t else 0.0 for a, t in zip(self.position_accepts, self.position_trials)]
 
+    # standalone: omit (reporting only)
     def summary(self) -> dict[str, Any]:
         rounds = max(self.num_rounds, 1)
         return {

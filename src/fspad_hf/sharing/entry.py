@@ -41,6 +41,14 @@ def _safetensors_from_pretrained(cls, source, *model_args, **kwargs):
     return super(FSPADDraftModel, cls).from_pretrained(source, *model_args, **{**kwargs, "use_safetensors": True})
 
 
+class RetrievalDrafter:
+    """Stand-in of the generated file, which leaves retrieval drafting out (the package has it)."""
+
+    def __init__(self, *args, **kwargs):
+        raise ValueError("Retrieval drafts (retrieval_branches > 0) need the fspad-hf package: pip install fspad-hf, "
+                         "then generate(..., assistant_model=head, retrieval_branches=N).")
+
+
 if "from_pretrained" not in vars(FSPADDraftModel):  # the generated file (the library loader is left out)
     FSPADDraftModel.from_pretrained = classmethod(_safetensors_from_pretrained)
 
