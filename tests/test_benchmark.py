@@ -148,3 +148,27 @@ def test_duplicate_question_id_in_a_category_is_refused(tmp_path):
     path.write_text("\n".join(json.dumps({"question_id": 7, "category": "qa", "turns": [t]}) for t in ("a", "b")))
     with pytest.raises(ValueError, match="question_id 7 appears twice in category 'qa' \\(lines 1 and 2\\)"):
         load_questions(path)
+
+
+def test_bench_suffixes_and_head_free_retrieval(tmp_path):
+    """`@T,D,K+retrievalN` and the head-free `retrieval` method run and stay identical to the baseline."""
+    from fspad_hf.decoding.generation import tree_generate
+    from fspad_hf.decoding.settings import TreeSettings
+
+    assert TreeSettings.parse_suffix("h@8,3,4+retrieval2") == (
+        "h", {"tree_total_tokens": 8, "tree_depth": 3, "tree_top_k": 4, "retrieval_branches": 2})
+    assert TreeSettings.parse_suffix("h+retrieval") == ("h", {"retrieval_branches": 4})
+    with pytest.raises(ValueError, match="retrieval suffix"):
+        TreeSettings.parse_suffix("h+retrievalx")
+    tok = tiny_chat_tokenizer()
+    target = make_target("llama", seed=52, vocab_size=len(tok))
+    target.generation_config.eos_token_id = None
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=8, tree_depth=3, tree_top_k=3)
+    methods = [Method("baseline"), Method("merged", {"assistant_model": head, "retrieval_branches": 2}, head),
+               Method("retrieval", {"custom_generate": tree_generate, "retrieval_branches": 2})]
+    summary = run_benchmark(target, tok, methods, load_questions(_questions(tmp_path)), tmp_path / "r.json",
+                            max_new_tokens=24)
+    for name in ("merged", "retrieval"):
+        overall = summary["methods"][name]["overall"]
+        assert overall["identical_to_baseline"] is True, name
+        assert 0.0 <= overall["accepted_from_retrieval_share"] <= 1.0

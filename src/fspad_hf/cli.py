@@ -256,14 +256,16 @@ def _bench_parser():
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of every method")
     p.add_argument("--head", action="append", default=[], metavar="[NAME=]PATH",
                    help="a draft head (repeat for several); NAME defaults to the folder name; 'shipped' = bundled heads; "
-                        "an @T,D,K suffix sets that entry's tree (total tokens, depth, top-k), so one head can run "
-                        "under several trees in one run")
+                        "an @T,D,K suffix sets that entry's tree (total tokens, depth, top-k) and +retrieval[N] merges "
+                        "N retrieved continuations into it, so one head can run under several settings in one run")
     p.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl", help="Spec-Bench-format JSONL")
     p.add_argument("--per_category", type=int, default=None, help="first N questions of each category")
     p.add_argument("--categories", default=None, help="comma-separated categories to keep")
     p.add_argument("--max_new_tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (identity to the baseline is checked)")
     p.add_argument("--pld_tokens", type=int, default=10, help="prompt lookup candidates per step (0 = skip PLD)")
+    p.add_argument("--retrieval", type=int, default=0, metavar="N",
+                   help="add the head-free method 'retrieval' (N retrieved continuations per tree; 0 = skip)")
     p.add_argument("--tree_total_tokens", type=int, default=None)
     p.add_argument("--tree_depth", type=int, default=None)
     p.add_argument("--tree_top_k", type=int, default=None)
@@ -317,6 +319,10 @@ def cmd_bench(argv: list[str]) -> None:
         methods.append(Method(f"pld-{a.pld_tokens}", {"prompt_lookup_num_tokens": a.pld_tokens}))
     for name, (head, own_tree) in _heads(a.head, target, tokenizer, getattr(torch, a.dtype)).items():
         methods.append(Method(name, {"assistant_model": head, **tree, **own_tree}, head))
+    if a.retrieval:  # head-free: retrieval-only trees through the patch-free route
+        from .decoding.generation import tree_generate
+
+        methods.append(Method("retrieval", {"custom_generate": tree_generate, "retrieval_branches": a.retrieval}))
     config = {"target": a.target, "dtype": a.dtype, "question_file": a.questions, "per_category": a.per_category,
               "heads": a.head, "tree": tree}
     summary = run_benchmark(target, tokenizer, methods, questions, a.output, a.max_new_tokens, a.temperature, config)
@@ -353,6 +359,44 @@ def cmd_push(argv: list[str]) -> None:
     push(argv)
 
 
+def cmd_calibrate(argv: list[str]) -> None:
+    """Measure (or load the cached) cost table of this machine: target forwards over k tokens, draft levels."""
+    import argparse
+
+    from .decoding.cost_model import DEFAULT_CONTEXTS, DEFAULT_KS, DEFAULT_WIDTHS, CostModel
+    from .machine import default_threads
+
+    def ints(text: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in text.split(","))
+
+    p = argparse.ArgumentParser(prog="fspad-hf calibrate", description=cmd_calibrate.__doc__)
+    p.add_argument("--target", default="smollm2", help="smollm2, qwen-coder-0.5b, gemma3-270m, or a model path")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--head", default=None, help="head folder or shipped name (e.g. smollm2-fspad): adds draft-level costs")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores free of other work now)")
+    p.add_argument("--force", action="store_true", help="recalibrate even if a fresh cached table exists")
+    p.add_argument("--max_age_days", type=float, default=7.0, help="older cached tables are recalibrated")
+    p.add_argument("--ks", type=ints, default=None, help=f"k grid (default {','.join(map(str, DEFAULT_KS))})")
+    p.add_argument("--widths", type=ints, default=None, help=f"draft width grid (default {','.join(map(str, DEFAULT_WIDTHS))})")
+    p.add_argument("--contexts", type=ints, default=None, help=f"context lengths (default {','.join(map(str, DEFAULT_CONTEXTS))})")
+    p.add_argument("--reps", type=int, default=None, help="repetitions per point (median; default 3)")
+    p.add_argument("--max_seconds", type=float, default=None, help="soft time budget of one table (default 30 s target, 10 s head)")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads or default_threads())
+    target, tokenizer = _load_target(TargetArguments(a.target, a.dtype))
+    head = None
+    if a.head:
+        from .head.modeling import FSPADDraftModel
+
+        head = FSPADDraftModel.from_pretrained(a.head).to(device=target.device, dtype=target.dtype)
+        head.bind_target(target, tokenizer)
+    options = {n: v for n in ("ks", "widths", "contexts", "reps", "max_seconds") if (v := getattr(a, n)) is not None}
+    costs = CostModel.for_target(target, head, max_age_days=a.max_age_days, force=a.force, **options)
+    print(f"## {a.target}, {a.dtype}, {torch.get_num_threads()} thread(s)\n")
+    print(costs.to_markdown())
+    print("\ncached in: " + ", ".join(str(path) for path in costs.paths.values()))
+
+
 def cmd_convert(argv: list[str]) -> None:
     """Convert a head from another project's layout (EAGLE-1/2: SafeAILab/EAGLE) into a normal head folder."""
     import argparse
@@ -373,7 +417,7 @@ def cmd_convert(argv: list[str]) -> None:
     print(f"wrote {head.config.method_name} head to {a.output}")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "bench": cmd_bench, "demo": cmd_demo, "push": cmd_push, "convert": cmd_convert}
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "bench": cmd_bench, "demo": cmd_demo, "push": cmd_push, "calibrate": cmd_calibrate, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> None:

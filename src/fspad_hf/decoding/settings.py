@@ -69,14 +69,26 @@ class TreeSettings:
     # standalone: omit (command line)
     @staticmethod
     def parse_suffix(spec: str) -> tuple[str, dict]:
-        """`PATH@T,D,K` -> (PATH, generate() keywords); no suffix -> (PATH, {})."""
+        """`PATH[@T,D,K][+retrieval[N]]` -> (PATH, generate() keywords); no suffix -> (PATH, {}).
+
+        `@T,D,K` sets the tree shape (total tokens, depth, top-k); `+retrieval[N]` merges N retrieved
+        continuations into each tree (N defaults to 4).
+        """
+        keywords = {}
+        path, plus, extra = spec.rpartition("+")
+        if plus and extra.startswith("retrieval"):
+            count = extra[len("retrieval"):]
+            if count and not count.isdigit():
+                raise ValueError(f"{spec!r}: the retrieval suffix must be +retrieval or +retrievalN (e.g. +retrieval4).")
+            keywords["retrieval_branches"] = int(count) if count else 4
+            spec = path
         path, at, tree = spec.rpartition("@")
         if not at:
-            return spec, {}
+            return spec, keywords
         parts = tree.split(",")
         if len(parts) != 3 or not all(x.strip().isdigit() for x in parts):
             raise ValueError(f"{spec!r}: the tree suffix must be @TOTAL_TOKENS,DEPTH,TOP_K (e.g. @16,5,4).")
-        return path, dict(zip(KEYWORDS, (int(x) for x in parts)))
+        return path, {**dict(zip(KEYWORDS, (int(x) for x in parts))), **keywords}
 
     # standalone: omit (not used by decoding)
     def as_keywords(self) -> dict:

@@ -35,6 +35,13 @@ class Method:
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
     head: Any = None  # FSPADDraftModel, for per-position acceptance
 
+    def last_stats(self):
+        """GenerationStats of this method's last call (the head's, or the head-free route's), or None."""
+        if self.head is not None:
+            return self.head.last_generation_stats
+        decode = self.generate_kwargs.get("custom_generate")
+        return getattr(decode, "last_generation_stats", None)
+
 
 def load_questions(path: str | Path, per_category: int | None = None, categories: list[str] | None = None) -> list[dict]:
     """Spec-Bench question file -> list of {question_id, category, turns}; the first N per category."""
@@ -110,8 +117,9 @@ def run_turn(target, tokenizer, method: Method, history, gen_kwargs, counter: Fo
         "tokens": new.tolist(),
         "text": tokenizer.decode(new, skip_special_tokens=True),
     }
-    if method.head is not None:
-        stats = method.head.last_generation_stats
+    stats = method.last_stats()
+    if stats is not None:
+        record["accepted_from_retrieval"] = sum(stats.accepted_from_retrieval)
         record["position_accepts"] = stats.position_accepts
         record["position_trials"] = stats.position_trials
         record["draft_s"] = sum(stats.draft_seconds)
@@ -146,6 +154,8 @@ def _agg(records: list[dict], baseline: dict[tuple, dict] | None, greedy: bool) 
                 acc[i] += a
                 tri[i] += t
         out["acceptance_per_position"] = [a / t if t else 0.0 for a, t in zip(acc, tri)]
+        from_retrieval = sum(r.get("accepted_from_retrieval", 0) for r in records)
+        out["accepted_from_retrieval_share"] = from_retrieval / max(tokens - forwards, 1)  # of accepted drafts
         out["draft_ms_per_round"] = 1000 * sum(r["draft_s"] for r in records) / max(forwards - len(records), 1)
         out["verify_ms_per_round"] = 1000 * sum(r["verify_s"] for r in records) / max(forwards - len(records), 1)
         if baseline is not None:  # METHOD.md 6: SR <= tau * t(1) / (t(verify) + t(draft)), t(1) from the baseline
