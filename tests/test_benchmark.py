@@ -172,3 +172,12 @@ def test_bench_suffixes_and_head_free_retrieval(tmp_path):
         overall = summary["methods"][name]["overall"]
         assert overall["identical_to_baseline"] is True, name
         assert 0.0 <= overall["accepted_from_retrieval_share"] <= 1.0
+
+
+def test_jsonl_with_unicode_line_separators_inside_text(tmp_path):
+    """JSON allows U+2028 unescaped in strings; str.splitlines would cut such a record in two."""
+    path = tmp_path / "q.jsonl"
+    rows = [{"question_id": 1, "category": "qa", "turns": ["first line\u2028second line"]},
+            {"question_id": 2, "category": "qa", "turns": ["x\u2029y\x1cz"]}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    assert [q["turns"][0] for q in load_questions(path)] == ["first line\u2028second line", "x\u2029y\x1cz"]

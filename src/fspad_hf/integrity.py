@@ -51,4 +51,10 @@ def read_json(path: Path, hint: str = "") -> dict:
     return payload
 
 
-__all__ = ["CorruptCheckpointError", "check_safetensors_file", "read_json", "sha256_file"]
+def jsonl_lines(path: str | os.PathLike) -> list[str]:
+    """The non-empty lines of a JSONL file, split on "\n" only: `str.splitlines` also splits on U+2028 /
+    U+2029 / \x1c..., which JSON allows unescaped inside strings (chat text has them)."""
+    return [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+__all__ = ["CorruptCheckpointError", "check_safetensors_file", "jsonl_lines", "read_json", "sha256_file"]

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..head.target_parts import decoder_of
+from ..integrity import jsonl_lines
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def load_questions(path: str | Path, per_category: int | None = None, categories
     if not path.is_file():
         raise FileNotFoundError(f"Question file not found: {path}. Spec-Bench lives at ../shared/data/spec_bench/question.jsonl.")
     out, seen, line_of = [], defaultdict(int), {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(jsonl_lines(path), start=1):
         if not line.strip():
             continue
         q = json.loads(line)
@@ -250,7 +251,8 @@ def _load_partial(path: Path, turns_of: dict) -> list[dict]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = jsonl_lines(path)
+    for line in lines:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by a kill
@@ -259,7 +261,7 @@ def _load_partial(path: Path, turns_of: dict) -> list[dict]:
     for r in records:
         counts[(r["method"], *question_key(r))] += 1
     whole = [r for r in records if counts[(r["method"], *question_key(r))] == turns_of.get(question_key(r))]
-    if len(whole) != len(records) or len(records) != len(path.read_text(encoding="utf-8").splitlines()):
+    if len(whole) != len(records) or len(records) != len(lines):
         logger.warning("%s: dropping %d records of half-recorded questions; they are redone", path,
                        len(records) - len(whole))
         path.write_text("".join(json.dumps(r) + "\n" for r in whole), encoding="utf-8")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ...integrity import jsonl_lines
+
 METRICS_DIR = Path(__file__).parent
 INPUT_COLUMNS = ("predictions", "references", "forwards", "wall_s", "reference_wall_s")
 
@@ -35,7 +37,7 @@ def load_metric(name: str = "fspad_speculative", **kwargs):
 def load_records(path: str | Path) -> list[dict]:
     """Per-turn records of a benchmark run (`<output>.partial.jsonl`), skipping blank or truncated lines."""
     records = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in jsonl_lines(path):
         if not line.strip():
             continue
         try:
