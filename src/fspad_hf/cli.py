@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 from dataclasses import dataclass, field
@@ -427,6 +428,10 @@ def main(argv: list[str] | None = None) -> None:
         print(__doc__.strip())
         print("\ncommands:", ", ".join(sorted(COMMANDS)))
         raise SystemExit(0 if not argv or argv[0] in ("-h", "--help") else 2)
+    if "OMP_NUM_THREADS" not in os.environ:  # commands with --threads set it again themselves
+        from .machine import default_threads
+
+        torch.set_num_threads(default_threads())  # busy cores stall every op of a multi-threaded torch
     COMMANDS[argv[0]](argv[1:])
 
 
