@@ -31,6 +31,8 @@ class TreeDrafter:
         self.cache = DynamicCache()
         self.pending: torch.Tensor | None = None  # [1, c, H] target features not yet consumed
         self.context_len = 0  # entries in the head cache (== tokens processed by the target)
+        # Set by the adaptive policy (decoding/policy.py); `levels`, `frontier_logp` ([levels, K]): the last draft.
+        self.skip, self.depth_limit, self.max_nodes, self.levels, self.frontier_logp = False, None, None, 0, None
 
     def observe(self, features: torch.Tensor) -> None:
         """Queue the target features `[1, c, H]` of newly processed tokens (the prompt, or root + accepted nodes).
@@ -44,7 +46,9 @@ class TreeDrafter:
     def draft(self, input_ids: torch.LongTensor, max_depth: int | None = None) -> DraftTree:
         """Consume pending features, then expand the tree level by level (EAGLE-2)."""
         head, s = self.head, self.settings
-        depth = s.depth if max_depth is None else max(1, min(s.depth, max_depth))
+        if self.skip:  # the policy's plain step: nothing drafted, the pending features wait for the next draft
+            return select_tree(e := input_ids.new_zeros(0), e.float(), e, e, 0, 0)  # an empty tree
+        depth = max(1, min(s.depth, s.depth if max_depth is None else max_depth, self.depth_limit or s.depth))
         root_feature, root_logp = self._consume(input_ids)
         n = self.context_len
         k = min(s.top_k, root_logp.shape[-1])
@@ -55,7 +59,7 @@ class TreeDrafter:
         depths = [torch.ones(k, dtype=torch.long, device=idx.device)]
         frontier = torch.arange(k, device=idx.device)  # created-node indices of the frontier
         frontier_feat = root_feature.expand(k, -1)  # [K, H] parents' predicted features
-        created = k
+        created, frontiers = k, [logp]
 
         # Processed nodes (frontier nodes the head has run on), in head-cache order.
         proc_fused: list[torch.Tensor] = []
@@ -87,17 +91,20 @@ class TreeDrafter:
             layer_has[j] = proc_anc.shape[0]
             new_pred, new_reg = out.predict[0, -k:], out.feedback[0, -k:]  # [K, H]
             child_logp, child_idx = torch.log_softmax(head.draft_logits(new_pred).float(), dim=-1).topk(k)  # [K, K]
-            cum = scores_of(scores, frontier)[:, None] + child_logp  # [K, K] cumulative path log-prob
+            cum = torch.cat(scores)[frontier][:, None] + child_logp  # [K, K] cumulative path log-prob
             tokens.append(child_idx.flatten())
             scores.append(cum.flatten())
             parents.append(frontier.repeat_interleave(k))
             depths.append(torch.full((k * k,), level + 1, dtype=torch.long, device=idx.device))
             best = cum.flatten().topk(k).indices  # next frontier: K best children overall
             frontier = created + best
+            frontiers.append(cum.flatten()[best])
             frontier_feat = new_reg[best // k]
             created += k * k
 
-        tree = select_tree(torch.cat(tokens), torch.cat(scores), torch.cat(parents), torch.cat(depths), s.total_tokens, depth)
+        self.levels, self.frontier_logp = depth, torch.stack(frontiers)
+        total = s.total_tokens if self.max_nodes is None else self.max_nodes
+        tree = select_tree(torch.cat(tokens), torch.cat(scores), torch.cat(parents), torch.cat(depths), total, depth)
         tree.tokens = head.to_target_ids(tree.tokens)
         truncate_cache(self.cache, n)  # drop draft entries; accepted ones are re-encoded from true features
         return tree
@@ -127,10 +134,6 @@ class TreeDrafter:
         self.context_len = n0 + c
         root_logits = head.draft_logits(out.predict[0, -1:])  # [1, V_draft]
         return out.feedback[0, -1:], torch.log_softmax(root_logits[0].float(), dim=-1)
-
-
-def scores_of(scores: list[torch.Tensor], frontier: torch.LongTensor) -> torch.Tensor:
-    return torch.cat(scores)[frontier]
 
 
 def _grow_ancestors(anc: torch.BoolTensor, parent_rows: torch.LongTensor) -> torch.BoolTensor:

@@ -199,6 +199,8 @@ def run_tree_decoding(
         choices = target_choices(scores, do_sample)
         acc = accept(tree, choices)
         compact_cache(cache, context_len, acc.path)
+        if hasattr(drafter, "feedback"):  # the adaptive policy learns from the verified round
+            drafter.feedback(tree, acc.path)
         t2 = time.perf_counter()
 
         new_tokens = torch.cat([tree.tokens[acc.path[1:] - 1], acc.bonus[None]])  # accepted nodes + bonus
@@ -240,6 +242,8 @@ def tree_generate(
     tree_top_k: int | None = None,
     retrieval_branches: int | None = None,
     retrieval_length: int | None = None,
+    tree_policy: str | None = None,
+    cost_model=None,
     **model_kwargs,
 ):
     """Decoding method for `generate(custom_generate=tree_generate, draft_model=head, ...)`.
@@ -248,6 +252,8 @@ def tree_generate(
     Retrieval drafts: `retrieval_branches` (continuations of the current suffix merged into the tree per
     round, 0 = off) and `retrieval_length` (tokens each); default: the head config. Without
     `draft_model`, `retrieval_branches >= 1` gives head-free (retrieval-only) drafting.
+    `tree_policy`: "static" (the tree above) or "adaptive" (decoding/policy.py; priced by `cost_model`,
+    default `CostModel.for_target`); default: the head config.
     The statistics of the call are stored in `tree_generate.last_generation_stats` and, with a head, in
     `draft_model.last_generation_stats`.
     Note: transformers does not forward `streamer` to a `custom_generate` callable; use the
@@ -266,12 +272,14 @@ def tree_generate(
     settings = TreeSettings.resolve(
         draft_model.config if draft_model is not None else None, tree_total_tokens=tree_total_tokens,
         tree_depth=tree_depth, tree_top_k=tree_top_k, retrieval_branches=retrieval_branches,
-        retrieval_length=retrieval_length,
+        retrieval_length=retrieval_length, tree_policy=tree_policy, cost_model=cost_model,
     )
     stats = GenerationStats(prompt_length=input_ids.shape[1], settings=settings)
     tree_generate.last_generation_stats = stats
     if draft_model is None:
         drafter = RetrievalDrafter(settings.retrieval_branches, settings.retrieval_length)
+        if settings.policy == "adaptive":
+            drafter = settings.adaptive(drafter, model, stats)
         return run_tree_decoding(
             model, input_ids, drafter, logits_processor, stopping_criteria, generation_config, streamer, stats
         )
@@ -287,6 +295,8 @@ def tree_generate(
         drafter = TreeDrafter(draft_model, settings)
         if settings.retrieval_branches:
             drafter = RetrievalDrafter(settings.retrieval_branches, settings.retrieval_length, drafter, settings.depth)
+        if settings.policy == "adaptive":
+            drafter = settings.adaptive(drafter, model, stats, draft_model)
         return run_tree_decoding(
             model, input_ids, drafter, logits_processor, stopping_criteria, generation_config, streamer, stats
         )

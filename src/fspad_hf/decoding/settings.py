@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..head.configuration import FSPADConfig
 
@@ -12,14 +13,18 @@ from ..head.configuration import FSPADConfig
 KEYWORDS = {"tree_total_tokens": "total_tokens", "tree_depth": "depth", "tree_top_k": "top_k"}
 # Retrieval drafts merged into the tree (decoding/retrieval.py); retrieval_branches=0 turns them off.
 RETRIEVAL_KEYWORDS = {"retrieval_branches": "retrieval_branches", "retrieval_length": "retrieval_length"}
+# The tree policy (decoding/policy.py) and the cost model it prices trees with (per call only).
+POLICY_KEYWORDS = {"tree_policy": "policy", "cost_model": "cost_model"}
+POLICIES = ("static", "adaptive")
 # Every generate() keyword TreeSettings carries (what route.py pops and tree_generate accepts).
-ALL_KEYWORDS = {**KEYWORDS, **RETRIEVAL_KEYWORDS}
+ALL_KEYWORDS = {**KEYWORDS, **RETRIEVAL_KEYWORDS, **POLICY_KEYWORDS}
 
 
 def config_defaults() -> dict:
-    """`FSPADConfig`'s defaults of every carried keyword: the settings of head-free (retrieval-only) decoding."""
+    """`FSPADConfig`'s defaults of every carried keyword: the settings of head-free (retrieval-only) decoding
+    (None for the per-call-only `cost_model`)."""
     params = inspect.signature(FSPADConfig.__init__).parameters
-    return {kw: params[kw].default for kw in ALL_KEYWORDS}
+    return {kw: params[kw].default if kw in params else None for kw in ALL_KEYWORDS}
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,9 @@ class TreeSettings:
     top_k: children expanded per frontier node, and frontier size per level.
     retrieval_branches: retrieved continuations merged into the tree per round (0 = no retrieval).
     retrieval_length: maximum tokens per retrieved continuation.
+    policy: "static" (verify the tree above) or "adaptive" (decoding/policy.py: per round, how many
+        nodes to verify and how deep to draft, from calibrated acceptance estimates and the cost model).
+    cost_model: the `CostModel` the adaptive policy uses (None: `CostModel.for_target`).
     """
 
     total_tokens: int
@@ -38,8 +46,12 @@ class TreeSettings:
     top_k: int
     retrieval_branches: int = 0
     retrieval_length: int = 8
+    policy: str = "static"
+    cost_model: Any = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise ValueError(f"tree_policy must be one of {POLICIES}, got {self.policy!r}.")
         if min(self.total_tokens, self.depth, self.top_k) < 1:
             raise ValueError(f"tree_total_tokens, tree_depth and tree_top_k must all be >= 1, got {self}.")
         if self.retrieval_branches < 0 or self.retrieval_length < 1:
@@ -58,7 +70,17 @@ class TreeSettings:
         defaults = config_defaults()
         values = {field: getattr(head_config, kw, defaults[kw]) for kw, field in ALL_KEYWORDS.items()}
         values.update({ALL_KEYWORDS[kw]: v for kw, v in overrides.items() if v is not None})
-        return cls(**{field: int(v) for field, v in values.items()})
+        return cls(**{f: v if f in ("policy", "cost_model") else int(v) for f, v in values.items()})
+
+    # standalone: omit (the adaptive policy needs the fspad-hf package)
+    def adaptive(self, drafter, target, stats=None, head=None):
+        """`drafter` wrapped in the adaptive policy, priced by this call's cost model or the machine's (cached);
+        it records its predicted round times in `stats.predicted_ms`."""
+        from .cost_model import CostModel
+        from .policy import AdaptiveDrafter
+
+        cost = self.cost_model if self.cost_model is not None else CostModel.for_target(target, head)
+        return AdaptiveDrafter(drafter, self, cost, stats=stats)
 
     # standalone: omit (the assistant_model route)
     @staticmethod
@@ -95,4 +117,5 @@ class TreeSettings:
         return {kw: getattr(self, field) for kw, field in ALL_KEYWORDS.items()}
 
 
-__all__ = ["TreeSettings", "KEYWORDS", "RETRIEVAL_KEYWORDS", "ALL_KEYWORDS", "config_defaults"]
+__all__ = ["TreeSettings", "KEYWORDS", "RETRIEVAL_KEYWORDS", "POLICY_KEYWORDS", "POLICIES", "ALL_KEYWORDS",
+           "config_defaults"]

@@ -23,6 +23,8 @@ class GenerationStats:
         a node both the head and retrieval proposed counts as a head node). All 0 without retrieval.
     accepted_from_retrieval: per round, how many accepted drafted tokens were retrieval nodes (the rest of
         `accepted_lengths` came from head nodes; see `accepted_from_head`).
+    predicted_ms: per round, the adaptive policy's predicted draft + verify time (ms) of the chosen tree
+        (decoding/policy.py fills it), to compare with `draft_seconds + verify_seconds`; empty for the static tree.
     """
 
     prompt_length: int = 0
@@ -37,6 +39,7 @@ class GenerationStats:
     position_trials: list[int] = field(default_factory=list)
     retrieval_nodes: list[int] = field(default_factory=list)
     accepted_from_retrieval: list[int] = field(default_factory=list)
+    predicted_ms: list[float] = field(default_factory=list)
 
     def add_prefill(self, seconds: float) -> None:
         self.prefill_seconds += seconds
@@ -89,6 +92,14 @@ class GenerationStats:
         return [a / t if t else 0.0 for a, t in zip(self.position_accepts, self.position_trials)]
 
     # standalone: omit (reporting only)
+    @property
+    def cost_model_error(self) -> float | None:
+        """Mean relative error (predicted - measured) / measured of the round times the policy predicted."""
+        pairs = [(p, 1000 * (d + v)) for p, d, v in zip(self.predicted_ms, self.draft_seconds, self.verify_seconds)
+                 if d + v > 0]
+        return sum((p - m) / m for p, m in pairs) / len(pairs) if pairs else None
+
+    # standalone: omit (reporting only)
     def summary(self) -> dict[str, Any]:
         rounds = max(self.num_rounds, 1)
         return {
@@ -104,4 +115,5 @@ class GenerationStats:
             "draft_ms_per_round": 1000 * sum(self.draft_seconds) / rounds,
             "verify_ms_per_round": 1000 * sum(self.verify_seconds) / rounds,
             "prefill_ms": 1000 * self.prefill_seconds,
+            "cost_model_error": self.cost_model_error,
         }

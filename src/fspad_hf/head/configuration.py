@@ -84,6 +84,11 @@ class FSPADConfig(PretrainedConfig):
             forward. 0 turns retrieval off (the default until benchmarks show it pays).
         retrieval_length (`int`, defaults to 8):
             Maximum tokens per retrieved continuation (also cut to the tokens left to generate).
+        tree_policy (`str`, defaults to `"static"`):
+            `"static"`: verify the fixed tree above every round. `"adaptive"` (decoding/policy.py): each
+            round, verify the number of candidate nodes (at most `tree_depth` levels, top-k
+            `tree_top_k`, plus retrieval nodes) that maximises the expected new tokens per ms under
+            the machine's cost model, drafting fewer levels or none (plain steps) when they do not pay.
         draft_vocab_size (`int`, *optional*):
             If set, the head predicts over a reduced vocabulary of this many target token ids (the
             `d2t` buffer maps draft ids to target ids). Verification always uses the full vocabulary.
@@ -112,6 +117,7 @@ class FSPADConfig(PretrainedConfig):
         tree_top_k: int = 8,
         retrieval_branches: int = 0,
         retrieval_length: int = 8,
+        tree_policy: str = "static",
         draft_vocab_size: int | None = None,
         feature_noise: float = 0.2,
         **kwargs,
@@ -129,6 +135,7 @@ class FSPADConfig(PretrainedConfig):
         self.tree_top_k = int(tree_top_k)
         self.retrieval_branches = int(retrieval_branches)
         self.retrieval_length = int(retrieval_length)
+        self.tree_policy = str(tree_policy)
         self.draft_vocab_size = draft_vocab_size
         self.feature_noise = float(feature_noise)
         tc = self.target_config or {}
@@ -150,6 +157,8 @@ class FSPADConfig(PretrainedConfig):
             raise ValueError(f"FSPADConfig.retrieval_branches must be >= 0 (0 = off), got {self.retrieval_branches}.")
         if self.retrieval_length < 1:
             raise ValueError(f"FSPADConfig.retrieval_length must be >= 1, got {self.retrieval_length}.")
+        if self.tree_policy not in ("static", "adaptive"):
+            raise ValueError(f"FSPADConfig.tree_policy must be 'static' or 'adaptive', got {self.tree_policy!r}.")
         if self.tree_total_tokens < self.tree_depth:
             raise ValueError(
                 f"FSPADConfig.tree_total_tokens ({self.tree_total_tokens}) must be >= tree_depth "

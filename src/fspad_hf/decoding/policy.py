@@ -1,0 +1,236 @@
+"""The adaptive tree policy (`tree_policy="adaptive"`): how many drafted nodes to verify, and how deep to draft.
+
+Opt-in (the default `tree_policy="static"` verifies the head's fixed `tree_total_tokens / tree_depth /
+tree_top_k` tree). `AdaptiveDrafter` wraps the round's drafter (the head's `TreeDrafter`, a
+`RetrievalDrafter`, or both) and prunes each candidate tree before verification.
+
+The rule, per round:
+
+1. Acceptance estimates. Every candidate node i at depth d gets p_i, its estimated probability of
+   being accepted:
+   - head node, cumulative draft log-probability s_i (drafter.py `scores`, tree.py `select_tree`):
+     p_i = min(1, c_d * exp(s_i)), c_d = the head calibration of depth d;
+   - retrieval node (`MergedTree.source == 1`, no draft log-probability): p_i = r_d, the retrieval
+     rate of depth d;
+   - then p_i = min over i's ancestors (itself included) of p, so a child never beats its parent and
+     every top-T set by p (ties to the earlier slot, i.e. ancestors first) is ancestor-closed.
+2. Calibration, learned online from verified rounds, per depth d, as exponential moving averages
+   (weight `decay` on the past; a depth is only updated by rounds that verified such a node):
+   - c_d = clip(A_d / P_d, c_min, c_max), A_d = EMA of [the accepted path holds a head node at
+     depth d], P_d = EMA of the sum of exp(s_i) over the verified head nodes at depth d
+     (prior A_d = P_d = 1: c_d = 1);
+   - r_d = clip(A'_d / O_d, r_min, 1), A'_d = EMA of [the accepted path holds a retrieval node at
+     depth d], O_d = EMA of the retrieval nodes verified at depth d (prior r_d = retrieval_prior).
+3. Tree size. With the candidates sorted by p (descending), verify the T best, T maximising the
+   expected new tokens per ms of the round:
+       rate(T) = (1 + sum_{i <= T} p_i) / (t_draft + t_verify(T + 1)),   T = 0 .. min(candidates, 63),
+   t_verify(k) = `CostModel.verify_curve(context)[k - 1]`, t_draft = levels drafted this round x
+   `CostModel.draft_level_ms(top_k, context)` (0 when the head drafted nothing). T = 0 verifies the
+   root alone (a plain step). Ties go to the smaller T. `choose_size` is this step alone.
+4. Draft depth. The frontier of level L (the K nodes the drafter would expand) bounds what level
+   L + 1 can add: gain_{L+1} = sum over that frontier of min(1, c_{L+1} exp(s)). Level L + 1 pays if
+   gain_{L+1} >= draft_level_ms / t_verify(1) (one level's cost in plain-step tokens). The next round
+   drafts 1 + (the number of leading paying levels), at most `tree_depth`. The decision is read with
+   the round's one host sync (no sync per level), so it lags one round; the deepest drafted level's
+   frontier is always known, so the depth can grow by one level per round.
+5. Plain steps. After `patience` consecutive drafted rounds that chose T = 0, the head drafts nothing
+   (retrieval candidates, cheap, are still offered and priced) except one probe round every
+   `probe_every` rounds; a probe that chooses T > 0 resumes drafting, so a change of text (a
+   copy-heavy passage, an easy stretch) is noticed.
+
+Parameters (`PolicyParams`): decay 0.9, c_min 0.05, c_max 2.0, r_min 0.05, retrieval_prior 0.5,
+patience 3, probe_every 8.
+
+Lossless: pruning keeps an ancestor-closed subset of a tree whose siblings are distinct, chosen from
+the draft and past rounds only, so `verification.accept` (greedy identity, the sampling law) is
+unchanged. Stats: `GenerationStats.tree_sizes` holds T, `predicted_ms` the predicted round time
+(t_draft + t_verify(T + 1)) next to the measured `draft_seconds + verify_seconds`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from .cost_model import MAX_K
+from .retrieval import RETRIEVAL_SOURCE
+
+
+@dataclass(frozen=True)
+class PolicyParams:
+    """Parameters of the adaptive rule (see the module docstring)."""
+
+    decay: float = 0.9  # EMA weight of the past
+    c_min: float = 0.05  # head calibration clip
+    c_max: float = 2.0
+    r_min: float = 0.05  # lowest retrieval rate (keeps retrieval nodes priced above zero)
+    retrieval_prior: float = 0.5
+    patience: int = 3  # drafted rounds choosing T = 0 before the head stops drafting
+    probe_every: int = 8  # while not drafting, draft once every this many rounds
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay < 1.0 or not 0.0 < self.c_min <= self.c_max or not 0.0 < self.r_min <= 1.0:
+            raise ValueError(f"PolicyParams needs 0 <= decay < 1, 0 < c_min <= c_max and 0 < r_min <= 1: {self}")
+        if self.patience < 1 or self.probe_every < 1:
+            raise ValueError(f"PolicyParams needs patience >= 1 and probe_every >= 1: {self}")
+
+
+# ---------------------------------------------------------------------------- pure functions
+def choose_size(p_sorted: torch.Tensor, verify_curve: torch.Tensor, draft_ms: float) -> torch.Tensor:
+    """T (0-dim long tensor) maximising `(1 + sum_{i<=T} p_i) / (draft_ms + verify_curve[T])`.
+
+    p_sorted: `[N]` acceptance estimates, descending; verify_curve: `[K]` ms of a forward over k = 1..K
+    tokens (entry k - 1). T ranges over 0..min(N, K - 1); ties go to the smaller T.
+    """
+    n = min(p_sorted.shape[0], verify_curve.shape[0] - 1)
+    p = p_sorted[:n].double()
+    gain = 1.0 + torch.cat([p.new_zeros(1), p.cumsum(0)])
+    cost = draft_ms + verify_curve[: n + 1].to(device=p.device, dtype=torch.float64)
+    return (gain / cost).argmax()  # the first maximum
+
+
+def acceptance(tree, head_ratio: torch.Tensor, retrieval_rate: torch.Tensor):
+    """(p, raw, is_retrieval) per node of a non-empty tree: calibrated, ancestor-capped estimates (rule step 1),
+    the uncalibrated exp(score) of head nodes (0 for retrieval nodes), and which nodes are retrieval-only."""
+    depth = tree.depth.clamp(max=head_ratio.shape[0] - 1)
+    source = getattr(tree, "source", None)
+    scores = tree.scores if tree.scores is not None else torch.full(depth.shape, float("nan"), device=depth.device)
+    is_ret = scores.isnan() if source is None else (source == RETRIEVAL_SOURCE)
+    raw = torch.where(is_ret, 0.0, scores.double().nan_to_num(nan=-torch.inf).exp())
+    p = torch.where(is_ret, retrieval_rate[depth], head_ratio[depth] * raw).clamp(max=1.0)
+    p = torch.where(tree.ancestors[1:, 1:], p[None, :], 1.0).amin(dim=1)  # min over ancestors (itself included)
+    return p, raw, is_ret
+
+
+def prune(tree, kept: torch.LongTensor):
+    """The sub-tree of the nodes `kept` (sorted slots - 1, ancestor-closed), same class, slots renumbered."""
+    n = tree.num_nodes
+    slots = torch.cat([kept.new_zeros(1), kept + 1])  # root first
+    new_slot = torch.zeros(n + 1, dtype=torch.long, device=kept.device)
+    new_slot[slots] = torch.arange(slots.shape[0], device=kept.device)
+    values = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
+    for name in ("tokens", "parents", "depth", "scores", "source"):
+        if values.get(name) is not None:
+            values[name] = values[name][kept]
+    values["parents"] = new_slot[values["parents"]]
+    values["ancestors"] = tree.ancestors[slots][:, slots]
+    return type(tree)(**values)
+
+
+# ---------------------------------------------------------------------------- online calibration
+class Calibration:
+    """Per-depth EMAs of observed vs predicted acceptance (rule step 2); all tensors, no host sync."""
+
+    def __init__(self, depths: int, params: PolicyParams, device=None):
+        ones = torch.ones(depths + 1, dtype=torch.float64, device=device)  # index = depth (0 unused)
+        self.params = params
+        self.head_acc, self.head_pred = ones.clone(), ones.clone()
+        self.ret_acc, self.ret_off = ones * params.retrieval_prior, ones.clone()
+
+    def head_ratio(self) -> torch.Tensor:
+        return (self.head_acc / self.head_pred).clamp(self.params.c_min, self.params.c_max)
+
+    def retrieval_rate(self) -> torch.Tensor:
+        return (self.ret_acc / self.ret_off).clamp(self.params.r_min, 1.0)
+
+    def update(self, depth: torch.LongTensor, raw: torch.Tensor, is_ret: torch.BoolTensor, path: torch.LongTensor):
+        """One verified round: node depths, raw head probabilities, retrieval flags, accepted slots (root first)."""
+        size = self.head_acc.shape[0]
+        d = depth.clamp(max=size - 1)
+        zeros = torch.zeros(size, dtype=torch.float64, device=d.device)
+        head = (~is_ret).double()
+        pred = zeros.index_add(0, d, raw * head)
+        offered_head = zeros.index_add(0, d, head)
+        offered_ret = zeros.index_add(0, d, is_ret.double())
+        nodes = path[1:] - 1
+        on_path_ret = is_ret[nodes].double()
+        acc_head = zeros.index_add(0, d[nodes], 1.0 - on_path_ret)
+        acc_ret = zeros.index_add(0, d[nodes], on_path_ret)
+        for state, value, seen in ((self.head_acc, acc_head, offered_head), (self.head_pred, pred, offered_head),
+                                   (self.ret_acc, acc_ret, offered_ret), (self.ret_off, offered_ret, offered_ret)):
+            decay = self.params.decay
+            state.copy_(torch.where(seen > 0, decay * state + (1.0 - decay) * value, state))
+
+
+# ---------------------------------------------------------------------------- the drafter wrapper
+class AdaptiveDrafter:
+    """Drafter of the generation loop with `tree_policy="adaptive"`: the inner drafter's tree, pruned by the rule.
+
+    inner: the round's drafter (`TreeDrafter`, `RetrievalDrafter` wrapping one or none); the head's
+    `TreeDrafter` (found as `inner` or `inner.inner`) is steered through its `skip`, `depth_limit` and
+    `max_nodes` and reports `levels` and `frontier_logp`. cost_model: a `CostModel` (verify table; a
+    draft table when a head drafts). Each round's predicted time goes to `predicted_ms` and, given `stats`
+    (a `GenerationStats`), to `stats.predicted_ms`.
+    """
+
+    def __init__(self, inner, settings, cost_model, params: PolicyParams | None = None, stats=None):
+        self.inner, self.settings, self.cost, self.stats = inner, settings, cost_model, stats
+        self.params = params if params is not None else PolicyParams()
+        head = inner if hasattr(inner, "frontier_logp") else getattr(inner, "inner", None)
+        self.head = head if hasattr(head, "frontier_logp") else None
+        if self.head is not None:
+            self.head.max_nodes = MAX_K - 1  # every candidate the cost model can price
+        self.depths = max(settings.depth, settings.retrieval_length) + 1  # depth + 1: the frontier gain of the last level
+        self.calibration: Calibration | None = None
+        self.depth_next = settings.depth
+        self.idle = 0  # consecutive drafted rounds that chose T = 0
+        self.skipping = False
+        self.since_probe = 0
+        self.predicted_ms: float | None = None
+        self._last = None  # (depth, raw, is_retrieval) of the verified nodes, for `feedback`
+
+    def observe(self, features: torch.Tensor) -> None:
+        self.inner.observe(features)
+
+    @torch.no_grad()
+    def draft(self, input_ids: torch.LongTensor, max_depth: int | None = None):
+        p_ = self.params
+        context = input_ids.shape[1] - 1
+        if self.calibration is None:
+            self.calibration = Calibration(self.depths, p_, input_ids.device)
+        drafting = self.head is not None and (not self.skipping or self.since_probe + 1 >= p_.probe_every)
+        if self.head is not None:
+            self.since_probe = 0 if drafting else self.since_probe + 1
+            self.head.skip, self.head.depth_limit = not drafting, self.depth_next
+        tree = self.inner.draft(input_ids, max_depth=max_depth)
+
+        curve = self.cost.verify_curve(context)  # CPU float64 [64]
+        levels = self.head.levels if drafting else 0
+        level_ms = self.cost.draft_level_ms(min(self.settings.top_k, 64), context) if levels else 0.0
+        draft_ms = levels * level_ms
+        ratio, rate = self.calibration.head_ratio(), self.calibration.retrieval_rate()
+        wanted = []
+        if tree.num_nodes:
+            p, raw, is_ret = acceptance(tree, ratio, rate)
+            order = torch.argsort(p, descending=True, stable=True)
+            wanted.append(choose_size(p[order], curve, draft_ms))
+        if levels:  # rule step 4: how deep the next round drafts
+            frontier = self.head.frontier_logp  # [levels, K]
+            gains = (ratio[2 : levels + 2, None] * frontier.double().exp()).clamp(max=1.0).sum(dim=1)
+            pays = (gains >= level_ms / float(curve[0])).long()
+            wanted.append(1 + pays.cumprod(0).sum())
+        values = torch.stack(wanted).tolist() if wanted else []  # the round's one host sync
+        size = int(values[0]) if tree.num_nodes else 0
+        if levels:
+            self.depth_next = max(1, min(self.settings.depth, int(values[-1])))
+            self.idle = self.idle + 1 if size == 0 else 0
+            self.skipping = self.idle >= p_.patience
+        self.predicted_ms = draft_ms + float(curve[size])
+        if self.stats is not None:
+            self.stats.predicted_ms.append(self.predicted_ms)
+        if not tree.num_nodes:
+            self._last = None
+            return tree
+        kept = order[:size].sort().values
+        self._last = (tree.depth[kept], raw[kept], is_ret[kept])
+        return prune(tree, kept)
+
+    def feedback(self, tree, path: torch.LongTensor) -> None:
+        """Learn from the verified round (`path`: accepted slots of `tree`, root first)."""
+        if self._last is not None and tree.num_nodes:
+            self.calibration.update(*self._last, path)
+
+
+__all__ = ["AdaptiveDrafter", "Calibration", "PolicyParams", "acceptance", "choose_size", "prune"]

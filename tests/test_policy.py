@@ -1,0 +1,210 @@
+"""The adaptive tree policy (decoding/policy.py): the pure choice, acceptance estimates and pruning, online
+calibration, and lossless decoding priced by hand-built cost tables (no timing involved)."""
+
+import math
+
+import pytest
+import torch
+
+import fspad_hf
+from fspad_hf import FSPADDraftModel
+from fspad_hf.decoding.cost_model import MAX_K, CostModel, CostTable
+from fspad_hf.decoding.policy import Calibration, PolicyParams, acceptance, choose_size, prune
+from fspad_hf.decoding.retrieval import MergedTree
+from fspad_hf.decoding.settings import TreeSettings
+from fspad_hf.decoding.tree import ancestor_mask
+from tests.conftest import make_target
+
+
+def curve(*head, rest=None):
+    """A `[64]` verify curve: the given ms for k = 1, 2, ..., then `rest` (default: the last value)."""
+    values = list(head) + [head[-1] if rest is None else rest] * (MAX_K - len(head))
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def cost_model(verify_ms, draft_ms=1.0):
+    """A CostModel from a synthetic table: `verify_ms` = ms at k = 1, 2, 3, ... (constant after), one context."""
+    grid = list(range(1, len(verify_ms) + 1))
+    verify = CostTable("verify", grid, [100], [list(verify_ms)], {"kind": "verify"}, 0.0, 1, 0.0)
+    draft = CostTable("draft", [1, 64], [100], [[draft_ms, draft_ms]], {"kind": "draft"}, 0.0, 1, 0.0)
+    return CostModel(verify, draft)
+
+
+# ------------------------------------------------------------------------------------ the pure choice
+def brute_force(p, c, draft_ms):
+    rates = [(1 + sum(p[:t])) / (draft_ms + c[t]) for t in range(min(len(p), len(c) - 1) + 1)]
+    return max(range(len(rates)), key=lambda t: (rates[t], -t))
+
+
+@pytest.mark.parametrize("p,head,draft_ms,expected", [
+    ([0.9, 0.5, 0.1], (10, 11, 12, 30), 0.0, 2),  # the third node costs 18 ms for 0.1 token
+    ([0.9, 0.5, 0.1], (10, 20, 20.5, 21), 0.0, 3),  # flat after k = 2: take everything
+    ([0.9, 0.5, 0.1], (10, 11, 12, 30), 100.0, 2),
+    ([0.05], (10, 20), 0.0, 0),  # one unlikely node does not pay for a doubled forward: plain step
+    ([0.0, 0.0], (10,), 0.0, 0),  # ties go to the smaller tree
+    ([0.9] * 80, (1,), 0.0, MAX_K - 1),  # at most 63 nodes (64 tokens with the root)
+])
+def test_choose_size_on_known_probabilities_and_costs(p, head, draft_ms, expected):
+    c = curve(*head)
+    t = int(choose_size(torch.tensor(p), c, draft_ms))
+    assert t == expected == brute_force(p, c.tolist(), draft_ms)
+
+
+def test_choose_size_matches_brute_force_on_random_inputs():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        p = torch.rand(int(torch.randint(0, 40, (1,), generator=g)), generator=g).sort(descending=True).values
+        c = torch.cumsum(torch.rand(MAX_K, generator=g, dtype=torch.float64) * 5, 0) + 10
+        draft_ms = float(torch.rand(1, generator=g)) * 20
+        assert int(choose_size(p, c, draft_ms)) == brute_force(p.tolist(), c.tolist(), draft_ms)
+
+
+def hand_tree():
+    """root -> a (head, p .5), b (head, .3); b -> c (head, raw .29); a -> d (retrieval)."""
+    parents = torch.tensor([0, 0, 2, 1])
+    scores = torch.tensor([math.log(0.5), math.log(0.3), math.log(0.29), float("nan")])
+    return MergedTree(tokens=torch.tensor([5, 6, 7, 8]), parents=parents, depth=torch.tensor([1, 1, 2, 2]),
+                      ancestors=ancestor_mask(parents, 2), scores=scores, source=torch.tensor([0, 0, 0, 1]))
+
+
+def test_estimates_are_calibrated_and_capped_by_the_parent():
+    tree = hand_tree()
+    ratio = torch.tensor([1.0, 1.0, 2.0, 1.0], dtype=torch.float64)  # depth 2 head nodes count double
+    rate = torch.tensor([0.5, 0.5, 0.9, 0.5], dtype=torch.float64)
+    p, raw, is_ret = acceptance(tree, ratio, rate)
+    # c: 2 * .29 = .58 capped by b (.3); d: retrieval rate .9 capped by a (.5)
+    torch.testing.assert_close(p, torch.tensor([0.5, 0.3, 0.3, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(raw, torch.tensor([0.5, 0.3, 0.29, 0.0], dtype=torch.float64))
+    assert is_ret.tolist() == [False, False, False, True]
+    order = torch.argsort(p, descending=True, stable=True)
+    assert order.tolist() == [0, 3, 1, 2]  # ties to the earlier slot: a parent before its child
+    sub = prune(tree, order[:2].sort().values)  # a and d
+    assert isinstance(sub, MergedTree)
+    assert sub.tokens.tolist() == [5, 8] and sub.parents.tolist() == [0, 1] and sub.source.tolist() == [0, 1]
+    assert torch.equal(sub.ancestors, ancestor_mask(sub.parents, 2))
+    sub = prune(tree, order[:3].sort().values)  # a, b, d
+    assert sub.tokens.tolist() == [5, 6, 8] and sub.parents.tolist() == [0, 0, 1]
+
+
+def test_calibration_moves_toward_the_observed_rate():
+    params = PolicyParams(decay=0.8)
+    cal = Calibration(4, params)
+    depth = torch.tensor([1, 2, 1])
+    raw = torch.tensor([0.5, 0.8, 0.0], dtype=torch.float64)  # a head chain (depth 1, 2) and a retrieval node
+    is_ret = torch.tensor([False, False, True])
+    path = torch.tensor([0, 1])  # the depth-1 head node is always accepted, its child never
+    ratios, rates = [cal.head_ratio().clone()], [cal.retrieval_rate().clone()]
+    for _ in range(40):
+        cal.update(depth, raw, is_ret, path)
+        ratios.append(cal.head_ratio().clone())
+        rates.append(cal.retrieval_rate().clone())
+    first = [r[1].item() for r in ratios]
+    second = [r[2].item() for r in ratios]
+    retrieval = [r[1].item() for r in rates]
+    assert first[0] == 1.0 and all(b > a for a, b in zip(first, first[1:11]))  # observed 1 vs predicted .5: up
+    assert first[-1] == pytest.approx(2.0, abs=0.02)  # 1 / .5, at the clip
+    assert all(b < a for a, b in zip(second, second[1:11])) and second[-1] < 0.1  # observed 0 vs .8: down
+    assert second[-1] >= params.c_min
+    assert retrieval[0] == 0.5 and all(b < a for a, b in zip(retrieval, retrieval[1:11]))  # offered, never taken
+    assert ratios[-1][3].item() == 1.0 and rates[-1][3].item() == 0.5  # depths never offered keep their prior
+    path = torch.tensor([0, 3])  # now the retrieval node is accepted every round
+    for _ in range(60):
+        cal.update(depth, raw, is_ret, path)
+    assert cal.retrieval_rate()[1].item() == pytest.approx(1.0, abs=0.01)
+
+
+# ------------------------------------------------------------------------------------ decoding
+def repeated_prompt(seed: int, phrase: int = 12, times: int = 3) -> torch.LongTensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 96, (phrase,), generator=g).repeat(times)[None]
+
+
+MODERATE = (10.0, 10.5, 11.0, 11.5, 12.0, 13.0, 14.0, 16.0, 18.0, 20.0, 24.0, 28.0, 32.0, 40.0, 48.0, 56.0)
+
+
+@pytest.mark.parametrize("arch,seed,branches", [("llama", 2, 0), ("llama", 2, 3), ("gemma3", 0, 3), ("qwen2", 0, 0)])
+def test_adaptive_greedy_identity(arch, seed, branches):
+    target = make_target(arch, seed=seed)
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
+    ids = repeated_prompt(seed)
+    ref = target.generate(ids, max_new_tokens=48, do_sample=False)
+    out = target.generate(ids, assistant_model=head, tree_policy="adaptive", cost_model=cost_model(MODERATE, 0.5),
+                          retrieval_branches=branches, max_new_tokens=48)
+    assert torch.equal(out, ref)
+    stats = head.last_generation_stats
+    assert stats.settings.policy == "adaptive" and len(stats.predicted_ms) == stats.num_rounds
+    assert all(p >= 10.0 for p in stats.predicted_ms)
+    assert max(stats.tree_sizes) > 0, "the policy never verified a node: the test would be vacuous"
+    if branches:
+        assert sum(stats.accepted_from_retrieval) > 0
+    assert stats.summary()["cost_model_error"] is not None
+
+
+def test_retrieval_only_adaptive_greedy_identity():
+    target = make_target("llama", seed=2)
+    ids = repeated_prompt(2)
+    ref = target.generate(ids, max_new_tokens=48, do_sample=False)
+    out = target.generate(ids, custom_generate=fspad_hf.tree_generate, retrieval_branches=3, tree_policy="adaptive",
+                          cost_model=cost_model(MODERATE), max_new_tokens=48, do_sample=False)
+    assert torch.equal(out, ref)
+    stats = fspad_hf.tree_generate.last_generation_stats
+    assert sum(stats.accepted_from_retrieval) > 0 and len(stats.predicted_ms) == stats.num_rounds
+
+
+@pytest.mark.parametrize("branches", [0, 3])
+def test_expensive_verification_gives_plain_steps(branches):
+    target = make_target("llama", seed=2)
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
+    ids = repeated_prompt(2)
+    ref = target.generate(ids, max_new_tokens=40, do_sample=False)
+    out = target.generate(ids, assistant_model=head, tree_policy="adaptive", cost_model=cost_model((10.0, 1e6), 1.0),
+                          retrieval_branches=branches, max_new_tokens=40)
+    assert torch.equal(out, ref)
+    stats = head.last_generation_stats
+    assert stats.tree_sizes == [0] * stats.num_rounds  # never worth a second token
+    params = PolicyParams()
+    drafted = [p > 10.0 for p in stats.predicted_ms]  # a round the head drafted costs 10 ms + 1 ms per level
+    assert drafted[: params.patience] == [True] * params.patience
+    assert not any(drafted[params.patience : params.patience + params.probe_every - 1])  # then plain steps ...
+    assert sum(drafted) <= params.patience + math.ceil(stats.num_rounds / params.probe_every)
+    assert sum(drafted[params.patience :]) >= 1  # ... with probes
+    assert all(p == 10.0 for p, d in zip(stats.predicted_ms, drafted) if not d)
+
+
+def test_free_verification_verifies_every_candidate():
+    # near-uniform draft distributions: every path probability (>= ~1e-8) adds to 1 + sum in float64 (with the
+    # peaky default init, deep paths fall below float64 resolution next to 1 and ties rightly go to the smaller T)
+    target = make_target("llama", seed=2, initializer_range=0.02)
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
+    ids = repeated_prompt(2)
+    # the static tree of 30 nodes keeps all 3 + 3 * 9 created nodes (the head's own static tree keeps 10)
+    static = target.generate(ids, assistant_model=head, tree_total_tokens=30, max_new_tokens=40)
+    static_sizes = head.last_generation_stats.tree_sizes
+    out = target.generate(ids, assistant_model=head, tree_policy="adaptive", cost_model=cost_model((1e-3,), 1e-12),
+                          max_new_tokens=40)
+    assert torch.equal(out, static)
+    assert head.last_generation_stats.tree_sizes == static_sizes and max(static_sizes) == 30
+
+
+def test_policy_from_the_head_config_and_the_machine_cost_model(monkeypatch):
+    target = make_target("llama", seed=2)
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3, tree_policy="adaptive")
+    assert head.config.tree_policy == "adaptive"
+    calls = []
+
+    def for_target(cls, tgt, hd=None, **kwargs):
+        calls.append((tgt, hd))
+        return cost_model((10.0, 1e6))
+
+    monkeypatch.setattr(CostModel, "for_target", classmethod(for_target))
+    ids = repeated_prompt(2)
+    ref = target.generate(ids, max_new_tokens=20, do_sample=False)
+    assert torch.equal(target.generate(ids, assistant_model=head, max_new_tokens=20), ref)
+    assert calls == [(target, head)] and head.last_generation_stats.tree_sizes == [0] * head.last_generation_stats.num_rounds
+    target.generate(ids, assistant_model=head, tree_policy="static", max_new_tokens=20)  # per call: the static tree
+    assert len(calls) == 1 and head.last_generation_stats.predicted_ms == []
+    with pytest.raises(ValueError, match="tree_policy"):
+        target.generate(ids, assistant_model=head, tree_policy="greedy", max_new_tokens=3)
+    with pytest.raises(ValueError, match="tree_policy"):
+        FSPADDraftModel.from_target(target, tree_policy="fast")
+    assert TreeSettings.resolve(None).policy == "static"
