@@ -5,12 +5,10 @@ Used without installing fspad-hf:
     out = target.generate(input_ids, custom_generate="<namespace>/<head-repo>", trust_remote_code=True,
                           max_new_tokens=256)
 
-transformers loads this file from the repo and calls `generate(model=target, **generate_arguments)`.
-The head is loaded from `draft_model` (a repo id, a local folder, or an already loaded head) or, when
-omitted, from the repo this file was published with (`DEFAULT_DRAFT_MODEL`). `revision`, `token`,
-`cache_dir`, `local_files_only` and `force_download` given to `generate()` are used to load the head
-weights (and by transformers to load this file). Per-call tree settings: `tree_total_tokens`,
-`tree_depth`, `tree_top_k`. Statistics of the last call: `generate.last_generation_stats`.
+The head comes from `draft_model` (repo id, folder or loaded head), else from this file's repo
+(`DEFAULT_DRAFT_MODEL`); `revision`, `token`, `cache_dir`, `local_files_only`, `force_download` load it.
+Per-call static tree: `tree_total_tokens`, `tree_depth`, `tree_top_k` (retrieval drafts and the adaptive
+policy need the fspad-hf package). Statistics of the last call: `generate.last_generation_stats`.
 """
 
 from __future__ import annotations
@@ -91,6 +89,9 @@ def resolve_draft_model(source, model, hub_kwargs: dict) -> FSPADDraftModel:
 def generate(model, draft_model=None, assistant_model=None, streamer=None, **kwargs):
     """`generate()` of `model` with tree speculative decoding by the FSPAD head (lossless; batch size 1)."""
     hub_kwargs = {k: kwargs.pop(k) for k in HUB_LOAD_KWARGS if k in kwargs}
+    if kwargs.get("tree_policy", "static") != "static":
+        raise ValueError("tree_policy='adaptive' needs the fspad-hf package (pip install fspad-hf); this file "
+                         "drafts the static tree only.")
     if draft_model is None and assistant_model is not None:
         draft_model = assistant_model  # accept the head under transformers' usual name too
     head = resolve_draft_model(draft_model, model, hub_kwargs)
