@@ -158,7 +158,8 @@ def test_bench_suffixes_and_head_free_retrieval(tmp_path):
     assert TreeSettings.parse_suffix("h@8,3,4+retrieval2") == (
         "h", {"tree_total_tokens": 8, "tree_depth": 3, "tree_top_k": 4, "retrieval_branches": 2})
     assert TreeSettings.parse_suffix("h+retrieval") == ("h", {"retrieval_branches": 4})
-    with pytest.raises(ValueError, match="retrieval suffix"):
+    assert TreeSettings.parse_suffix("h+retrieval2+adaptive") == ("h", {"retrieval_branches": 2, "tree_policy": "adaptive"})
+    with pytest.raises(ValueError, match="unknown suffix"):
         TreeSettings.parse_suffix("h+retrievalx")
     tok = tiny_chat_tokenizer()
     target = make_target("llama", seed=52, vocab_size=len(tok))

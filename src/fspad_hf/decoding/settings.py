@@ -91,19 +91,21 @@ class TreeSettings:
     # standalone: omit (command line)
     @staticmethod
     def parse_suffix(spec: str) -> tuple[str, dict]:
-        """`PATH[@T,D,K][+retrieval[N]]` -> (PATH, generate() keywords); no suffix -> (PATH, {}).
+        """`PATH[@T,D,K][+retrieval[N]][+adaptive]` -> (PATH, generate() keywords); no suffix -> (PATH, {}).
 
         `@T,D,K` sets the tree shape (total tokens, depth, top-k); `+retrieval[N]` merges N retrieved
-        continuations into each tree (N defaults to 4).
+        continuations into each tree (N defaults to 4); `+adaptive` turns on the adaptive policy.
         """
         keywords = {}
-        path, plus, extra = spec.rpartition("+")
-        if plus and extra.startswith("retrieval"):
-            count = extra[len("retrieval"):]
-            if count and not count.isdigit():
-                raise ValueError(f"{spec!r}: the retrieval suffix must be +retrieval or +retrievalN (e.g. +retrieval4).")
-            keywords["retrieval_branches"] = int(count) if count else 4
-            spec = path
+        spec, *options = spec.split("+")
+        for option in options:
+            if option == "adaptive":
+                keywords["tree_policy"] = "adaptive"
+            elif option.startswith("retrieval") and (option[len("retrieval"):] or "4").isdigit():
+                keywords["retrieval_branches"] = int(option[len("retrieval"):] or 4)
+            else:
+                raise ValueError(f"{spec!r}: unknown suffix +{option}; use +retrieval, +retrievalN (e.g. +retrieval4) "
+                                 "or +adaptive.")
         path, at, tree = spec.rpartition("@")
         if not at:
             return spec, keywords
