@@ -131,7 +131,9 @@ LEFT_OUT_OF_STANDALONE = ("draft_objective", "FSPADTrainer", "load_int8", "check
 
 def test_custom_generate_holds_only_what_decoding_needs(repo):
     source = (repo / "custom_generate" / "generate.py").read_text()
-    assert len(source.splitlines()) < 1250  # 1,223 with retrieval settings and head-free checks (issue 14 aimed at 1,200)
+    # issue 14 aimed at 1,200 lines; retrieval and adaptive-policy settings, head-free checks and the tau
+    # definition brought it to ~1,255 (their code itself is left out): the bound catches a regression
+    assert len(source.splitlines()) < 1300
     for needle in LEFT_OUT_OF_STANDALONE:
         assert needle not in source, needle
     tree = ast.parse(source)

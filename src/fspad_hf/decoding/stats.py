@@ -8,6 +8,16 @@ from typing import Any
 import torch
 
 
+def tau(new_tokens: int, forwards: int, turns: int = 1) -> float:
+    """Mean accepted length: new tokens per target forward after each turn's prefill, bonus included.
+
+    Each turn's prefill forward yields one token, so `(new_tokens - turns) / (forwards - turns)`; plain
+    decoding gives 1.0 (also when no forward followed a prefill). The one definition used by the stats,
+    the benchmark and the `evaluate` metric.
+    """
+    return (new_tokens - turns) / (forwards - turns) if forwards > turns else 1.0
+
+
 @dataclass
 class GenerationStats:
     """Per-call counters.
@@ -78,8 +88,10 @@ class GenerationStats:
 
     @property
     def mean_accepted_length(self) -> float:
-        """tau: tokens per verification round, bonus included (plain decoding = 1.0)."""
-        return (sum(self.accepted_lengths) + self.num_rounds) / self.num_rounds if self.num_rounds else 0.0
+        """tau: tokens per verification round, bonus included (plain decoding = 1.0; 0.0 before any round)."""
+        if not self.num_rounds:
+            return 0.0
+        return tau(1 + sum(self.accepted_lengths) + self.num_rounds, self.target_forwards)
 
     # standalone: omit (reporting only)
     @property

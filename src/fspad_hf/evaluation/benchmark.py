@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from ..head.target_parts import decoder_of
+from ..decoding.stats import tau
 from ..integrity import jsonl_lines
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def run_turn(target, tokenizer, method: Method, history, gen_kwargs, counter: Fo
         "new_tokens": n,
         "wall_s": wall,
         "forwards": forwards,
-        "tau": (n - 1) / (forwards - 1) if forwards > 1 else 1.0,
+        "tau": tau(n, forwards),
         "tokens": new.tolist(),
         "text": tokenizer.decode(new, skip_special_tokens=True),
     }
@@ -137,7 +138,7 @@ def _agg(records: list[dict], baseline: dict[tuple, dict] | None, greedy: bool) 
         "new_tokens": tokens,
         "wall_s": wall,
         "tokens_per_s": tokens / wall if wall else 0.0,
-        "tau": (tokens - len(records)) / (forwards - len(records)) if forwards > len(records) else 1.0,
+        "tau": tau(tokens, forwards, len(records)),
     }
     if baseline is not None:
         base = [baseline[turn_key(r)] for r in records]
@@ -319,6 +320,14 @@ def run_benchmark(target, tokenizer, methods: list[Method], questions: list[dict
     return summary
 
 
+def identical_cell(stats: dict) -> str:
+    """Table cell for greedy identity with the baseline (benchmark tables and model cards)."""
+    ident = stats.get("identical_to_baseline")
+    if ident is None:
+        return "n/a"
+    return "yes" if ident else f"no ({stats.get('identical_turns', '?')} turns identical)"
+
+
 def markdown_table(summary: dict) -> str:
     """Overall table (tau, speed-up, its bound tau * t(1) / (t(draft) + t(verify)), costs, tokens/s,
     identity), per-category speed-ups, and where greedy outputs first diverge."""
@@ -327,8 +336,7 @@ def markdown_table(summary: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
         o = m["overall"]
-        ident = o.get("identical_to_baseline")
-        ident_s = "n/a" if ident is None else ("yes" if ident else f"no ({o['identical_turns']} turns identical)")
+        ident_s = identical_cell(o)
         bound = f"{o['speedup_bound']:.2f}x" if "speedup_bound" in o else "-"
         cost = f"{o['draft_ms_per_round']:.0f} / {o['verify_ms_per_round']:.0f}" if "draft_ms_per_round" in o else "-"
         lines.append(f"| {name} | {o['tau']:.2f} | {o.get('speedup', 1.0):.2f}x | {bound} | {cost} | "

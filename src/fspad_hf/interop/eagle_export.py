@@ -18,7 +18,6 @@ import json
 import os
 from pathlib import Path
 
-import torch
 
 from ..head.modeling import FSPADDraftModel, unwrap_head
 from .layout import CONFIG_FILE, EMBED, FC_BIAS, FC_WEIGHT, LAYER_PREFIX, NON_LAYER_KEYS, SAFE_FILE

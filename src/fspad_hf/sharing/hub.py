@@ -27,6 +27,7 @@ from huggingface_hub import HfApi, ModelCard, ModelCardData
 
 from ..head.modeling import FSPADDraftModel
 
+from ..evaluation.benchmark import identical_cell
 from .standalone import build_generate_py, card_template_path, requirements_txt
 
 logger = logging.getLogger(__name__)
@@ -121,20 +122,13 @@ def load_benchmark(benchmark: dict | str | Path | None) -> dict | None:
     return json.loads(Path(benchmark).read_text(encoding="utf-8"))
 
 
-def _identical(stats: dict) -> str:
-    ident = stats.get("identical_to_baseline")
-    if ident is None:
-        return "n/a"
-    return "yes" if ident else f"no ({stats.get('identical_turns', '?')} turns identical)"
-
-
 def benchmark_context(summary: dict) -> dict:
     """Rows of the card's benchmark tables from a benchmark summary."""
     methods = summary.get("methods", {})
     config = summary.get("config", {})
     overall = [
         {"method": name, "tau": f"{m['overall']['tau']:.2f}", "speedup": f"{m['overall'].get('speedup', 1.0):.2f}x",
-         "tokens_per_s": f"{m['overall'].get('tokens_per_s', 0.0):.1f}", "identical": _identical(m["overall"])}
+         "tokens_per_s": f"{m['overall'].get('tokens_per_s', 0.0):.1f}", "identical": identical_cell(m["overall"])}
         for name, m in methods.items()
     ]
     categories = sorted({c for m in methods.values() for c in m.get("per_category", {})})

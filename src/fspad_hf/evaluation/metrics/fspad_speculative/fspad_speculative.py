@@ -21,6 +21,8 @@ of `fspad-hf bench` (`<output>.partial.jsonl`).
 import datasets
 import evaluate
 
+from fspad_hf.decoding.stats import tau as mean_accepted_length  # the one definition of tau
+
 _CITATION = """\
 @misc{fspad-hf,
   title = {fspad-hf: lossless tree speculative decoding with feature-level draft heads for transformers},
@@ -107,7 +109,7 @@ class FspadSpeculative(evaluate.Metric):
         if total_forwards is None:
             tau = None
         else:
-            tau = (new_tokens - n) / (total_forwards - n) if total_forwards > n else 1.0
+            tau = mean_accepted_length(new_tokens, total_forwards, n)
         tokens_per_s = _rate(new_tokens, _total(wall_s))
         reference_tokens_per_s = _rate(ref_tokens, _total(reference_wall_s))
         speedup = tokens_per_s / reference_tokens_per_s if tokens_per_s and reference_tokens_per_s else None
