@@ -122,6 +122,7 @@ def run_turn(target, tokenizer, method: Method, history, gen_kwargs, counter: Fo
     stats = method.last_stats()
     if stats is not None:
         record["accepted_from_retrieval"] = sum(stats.accepted_from_retrieval)
+        record["accepted_drafts"] = sum(stats.accepted_lengths)
         record["position_accepts"] = stats.position_accepts
         record["position_trials"] = stats.position_trials
         record["draft_s"] = sum(stats.draft_seconds)
@@ -157,7 +158,8 @@ def _agg(records: list[dict], baseline: dict[tuple, dict] | None, greedy: bool) 
                 tri[i] += t
         out["acceptance_per_position"] = [a / t if t else 0.0 for a, t in zip(acc, tri)]
         from_retrieval = sum(r.get("accepted_from_retrieval", 0) for r in records)
-        out["accepted_from_retrieval_share"] = from_retrieval / max(tokens - forwards, 1)  # of accepted drafts
+        drafts = sum(r.get("accepted_drafts", 0) for r in records)
+        out["accepted_from_retrieval_share"] = from_retrieval / drafts if drafts else 0.0  # of accepted drafted tokens
         out["draft_ms_per_round"] = 1000 * sum(r["draft_s"] for r in records) / max(forwards - len(records), 1)
         out["verify_ms_per_round"] = 1000 * sum(r["verify_s"] for r in records) / max(forwards - len(records), 1)
         if baseline is not None:  # METHOD.md 6: SR <= tau * t(1) / (t(verify) + t(draft)), t(1) from the baseline
