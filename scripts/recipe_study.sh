@@ -145,8 +145,8 @@ for spec in specs:
     turns = methods["baseline"]["overall"]["questions"]
     rows.append(f"| {name} | `{extra or '(today)'}` | {steps} | {head['tau']:.3f}{delta} | {acc} | {ident}/{turns} | {sps} | {evs} |")
 md = ["# Recipe study: SmolLM2-135M FSPAD heads at equal compute (issue 13 item 3)", "",
-      "Every variant trains on the same offline bf16 features (1,500 self-distilled answers + 1,000 raw ShareGPT first",
-      f"turns 2400-3399, 448 tokens max), seed 0, batch 4, {steps} steps; it differs from today's recipe only by the",
+      "Every variant trains on the same offline bf16 features (1,500 self-distilled answers + the raw ShareGPT first",
+      f"turns of conversations 2400-3399, 898 usable; 702k tokens, 448 tokens max), seed 0, batch 4, {steps} steps; it differs from today's recipe only by the",
       "options shown. Selection metric: held-out tau (new tokens per target forward, bonus included) of `fspad-hf bench`,",
       "fp32, greedy, static tree 8/3/4, 64 new tokens, on 40 ShareGPT first turns of conversations >= 17000 (never",
       "trained on; `scripts/make_heldout.py`). Acceptance per position: fraction of verification rounds in which the",
