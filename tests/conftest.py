@@ -73,6 +73,9 @@ class OracleDrafter:
         self.vocab = vocab
         self.gen = torch.Generator().manual_seed(seed)
 
+    def feedback(self, tree, path):
+        pass
+
     def observe(self, features):
         pass
 

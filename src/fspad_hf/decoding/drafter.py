@@ -34,6 +34,9 @@ class TreeDrafter:
         # Set by the adaptive policy (decoding/policy.py); `levels`, `frontier_logp` ([levels, K]): the last draft.
         self.skip, self.depth_limit, self.max_nodes, self.levels, self.frontier_logp = False, None, None, 0, None
 
+    def feedback(self, tree: DraftTree, path: torch.LongTensor) -> None:
+        pass  # the static tree learns nothing from a verified round
+
     def observe(self, features: torch.Tensor) -> None:
         """Queue the target features `[1, c, H]` of newly processed tokens (the prompt, or root + accepted nodes).
 

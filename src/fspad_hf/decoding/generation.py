@@ -157,7 +157,8 @@ def run_tree_decoding(
 ):
     """Prefill, then rounds of draft tree -> one target forward -> accept -> compact caches.
 
-    `drafter`: any object with `observe(features)` and `draft(input_ids, max_depth) -> DraftTree`
+    `drafter`: any object with `observe(features)`, `draft(input_ids, max_depth) -> DraftTree` and
+    `feedback(tree, accepted_path)`
     (`TreeDrafter`, `RetrievalDrafter`, a test oracle). A tree with no nodes is a plain step.
     """
     stats = stats if stats is not None else GenerationStats()
@@ -199,8 +200,7 @@ def run_tree_decoding(
         choices = target_choices(scores, do_sample)
         acc = accept(tree, choices)
         compact_cache(cache, context_len, acc.path)
-        if hasattr(drafter, "feedback"):  # the adaptive policy learns from the verified round
-            drafter.feedback(tree, acc.path)
+        drafter.feedback(tree, acc.path)  # what the target accepted (the adaptive policy learns from it)
         t2 = time.perf_counter()
 
         new_tokens = torch.cat([tree.tokens[acc.path[1:] - 1], acc.bonus[None]])  # accepted nodes + bonus

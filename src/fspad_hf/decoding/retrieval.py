@@ -210,7 +210,7 @@ def merge_retrieved(
 class RetrievalDrafter:
     """Drafter of the generation loop with retrieval on: the inner drafter's tree (if any) + retrieved paths.
 
-    `inner`: any object with `observe(features)` and `draft(input_ids, max_depth)` (the head's
+    `inner`: a drafter (`observe`, `draft`, `feedback`; the head's
     `TreeDrafter`), or None for head-free drafting. `inner_depth`: an upper bound of the inner tree's
     depth (its `settings.depth`), used to size the ancestor walk without a host sync.
     """
@@ -222,6 +222,10 @@ class RetrievalDrafter:
         self.branches, self.length = branches, length
         self.inner, self.inner_depth = inner, inner_depth
         self.index = SuffixIndex(min_n, max_n)
+
+    def feedback(self, tree: DraftTree, path: torch.LongTensor) -> None:
+        if self.inner is not None:
+            self.inner.feedback(tree, path)
 
     def observe(self, features: torch.Tensor) -> None:
         if self.inner is not None:
