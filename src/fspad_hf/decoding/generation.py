@@ -120,15 +120,38 @@ def tree_mask(cfg, tree: DraftTree, context_len: int, positions: torch.LongTenso
 
 
 def target_forward(model, ids: torch.LongTensor, cache: DynamicCache, attention_mask=None, position_ids=None,
-                   last_row_only: bool = False):
-    """One target forward: (post-final-norm features `[1, T, H]`, float32 logits `[T, V]`, or `[1, V]` for
-    the last row only: the prefill needs no logits for the prompt, as in plain generate())."""
-    out = decoder_of(model)(
-        input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache_kwargs(cache)
-    )
-    features = out.last_hidden_state
-    rows = features[0, -1:] if last_row_only else features[0]
+                   last_row_only: bool = False, feature_layers: tuple[int, ...] | None = None):
+    """One target forward: (head features, float32 logits `[T, V]`, or `[1, V]` for the last row only: the
+    prefill needs no logits for the prompt, as in plain generate()).
+
+    Head features: the post-final-norm state `[1, T, H]`; with `feature_layers` (an EAGLE-3 head's
+    `target_feature_layers`), the outputs of those decoder layers concatenated in that order `[1, T, k*H]`,
+    caught by forward hooks during this same forward (no second pass). Logits always come from the
+    post-final-norm state.
+    """
+    decoder = decoder_of(model)
+    caught: dict[int, torch.Tensor] = {}
+    hooks = [decoder.layers[i].register_forward_hook(_output_catcher(caught, i))
+             for i in sorted(set(feature_layers or ()))]
+    try:
+        out = decoder(
+            input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache_kwargs(cache)
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    final = out.last_hidden_state
+    rows = final[0, -1:] if last_row_only else final[0]
+    features = torch.cat([caught[i] for i in feature_layers], dim=-1) if feature_layers else final  # [1, T, k*H]
     return features, target_logits(model, rows).float()
+
+
+def _output_catcher(caught: dict, index: int):
+    """A forward hook keeping decoder layer `index`'s output hidden state (a tensor, or a tuple's first item)."""
+    def hook(module, args, output) -> None:
+        caught[index] = output[0] if isinstance(output, tuple) else output
+
+    return hook
 
 
 def _model_dtype(model) -> torch.dtype:
@@ -154,8 +177,12 @@ def run_tree_decoding(
     generation_config: GenerationConfig,
     streamer=None,
     stats: GenerationStats | None = None,
+    feature_layers: tuple[int, ...] | None = None,
 ):
     """Prefill, then rounds of draft tree -> one target forward -> accept -> compact caches.
+
+    `feature_layers`: the head's `target_feature_layers` (EAGLE-3), which `target_forward` concatenates
+    for the drafter instead of the post-final-norm state; None for FSPAD heads and head-free drafting.
 
     `drafter`: any object with `observe(features)`, `draft(input_ids, max_depth) -> DraftTree` and
     `feedback(tree, accepted_path)`
@@ -171,7 +198,7 @@ def run_tree_decoding(
     dtype = _model_dtype(model)
 
     t0 = time.perf_counter()
-    features, logits = target_forward(model, input_ids, cache, last_row_only=True)  # logits [1, V]
+    features, logits = target_forward(model, input_ids, cache, last_row_only=True, feature_layers=feature_layers)  # logits [1, V]
     scores = logits_processor(input_ids, logits) if logits_processor else logits
     token = target_choices(scores, do_sample)
     stats.add_prefill(time.perf_counter() - t0)
@@ -195,7 +222,7 @@ def run_tree_decoding(
         positions = context_len + torch.cat([tree.depth.new_zeros(1), tree.depth])  # [T + 1]
         tree_ids = torch.cat([input_ids[:, -1], tree.tokens])[None]  # [1, T + 1]
         mask = tree_mask(cfg, tree, context_len, positions, dtype)
-        features, logits = target_forward(model, tree_ids, cache, mask, positions[None])
+        features, logits = target_forward(model, tree_ids, cache, mask, positions[None], feature_layers=feature_layers)
         scores = process_tree_scores(logits_processor, input_ids[0], tree, logits)
         choices = target_choices(scores, do_sample)
         acc = accept(tree, choices)
@@ -298,7 +325,8 @@ def tree_generate(
         if settings.policy == "adaptive":
             drafter = settings.adaptive(drafter, model, stats, draft_model)
         return run_tree_decoding(
-            model, input_ids, drafter, logits_processor, stopping_criteria, generation_config, streamer, stats
+            model, input_ids, drafter, logits_processor, stopping_criteria, generation_config, streamer, stats,
+            feature_layers=draft_model.target_feature_layers,
         )
     finally:
         draft_model.train(was_training)

@@ -1,4 +1,4 @@
-"""Configuration of an FSPAD / EAGLE-2 / PosS draft head."""
+"""Configuration of an FSPAD / EAGLE-2 / PosS draft head, and of the EAGLE-3 head kind."""
 
 from __future__ import annotations
 
@@ -29,6 +29,34 @@ METHODS: dict[str, Method] = {
         Method("fs", "FS", True, False, "EAGLE-2 head + feature sampling (embedding-gated residual MLP)"),
         Method("pad", "PAD", False, True, "EAGLE-2 head + partial alignment distillation (predict / regress halves)"),
         Method("fspad", "FSPAD", True, True, "feature sampling + partial alignment distillation"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """One head kind (`FSPADConfig.head_kind`): how its layers are built and which method it is.
+
+    `method` is None for the FSPAD family, whose FS / PAD switches pick the entry of `METHODS`; a kind
+    with a fixed method names it here. The modeling class of each kind is registered in
+    `head/loading.py` (`HEAD_CLASSES`), so loading a folder builds the right class.
+    """
+
+    key: str
+    method: Method | None
+    description: str
+
+
+# The one head-kind table. METHODS stays the training table (`fspad-hf train --method`): EAGLE-3 heads
+# are imported (fspad_hf.interop.load_eagle3) or built with Eagle3DraftModel.from_target, not trained here.
+HEAD_KINDS: dict[str, HeadKind] = {
+    k.key: k
+    for k in (
+        HeadKind("fspad", None, "FSPAD / EAGLE-2 / PosS: `fc([embedding; feature])`, the target's own layer class"),
+        HeadKind("eagle3", Method("eagle3", "EAGLE-3", False, False,
+                                  "three target layers fused by `fc` (3H -> H), a Llama layer over [norm(e); norm(h)], "
+                                  "own norm and LM head over a reduced vocabulary"),
+                 "EAGLE-3 (SafeAILab/EAGLE cnets.py, SpecForge, speculators): see fspad_hf.head.eagle3"),
     )
 }
 
@@ -98,6 +126,18 @@ class FSPADConfig(PretrainedConfig):
         feature_noise (`float`, defaults to 0.2):
             Amplitude of the uniform noise added to input features during training:
             `f + (U(0,1) - 0.5) * feature_noise * 512 / seq_len` (METHOD.md section 1).
+        head_kind (`str`, defaults to `"fspad"`):
+            The head kind (`HEAD_KINDS`): `"fspad"` (FSPAD / EAGLE-2 / PosS, built from the target's layer
+            class) or `"eagle3"` (EAGLE-3, `fspad_hf.head.eagle3.Eagle3DraftModel`).
+        target_feature_layers (`list[int]`, *optional*):
+            EAGLE-3 only: the 0-based indices of the target decoder layers whose *outputs* (pre-final-norm
+            residual stream) are concatenated, low to high, and fused by `fc`. The EAGLE-3 default for an
+            L-layer target is `[1, L // 2 - 1, L - 4]` (SpecForge's ids; the EAGLE code and vLLM capture the
+            same tensors as the inputs of layers 2, L // 2, L - 3). Checked against the target on use.
+        draft_layer_config (`dict`, *optional*):
+            EAGLE-3 only: the config of the head's own decoder layer (a Llama text config: hidden size, heads,
+            MLP width, RoPE, norm epsilon, the target's vocabulary size). EAGLE-3 layers are Llama layers
+            whatever the target's architecture, so this is not the target's config.
     """
 
     model_type = "fspad"
@@ -120,6 +160,9 @@ class FSPADConfig(PretrainedConfig):
         tree_policy: str = "static",
         draft_vocab_size: int | None = None,
         feature_noise: float = 0.2,
+        head_kind: str = "fspad",
+        target_feature_layers: list[int] | None = None,
+        draft_layer_config: dict[str, Any] | None = None,
         **kwargs,
     ):
         self.target_config = copy.deepcopy(target_config) if target_config is not None else None
@@ -138,7 +181,10 @@ class FSPADConfig(PretrainedConfig):
         self.tree_policy = str(tree_policy)
         self.draft_vocab_size = draft_vocab_size
         self.feature_noise = float(feature_noise)
-        tc = self.target_config or {}
+        self.head_kind = str(head_kind)
+        self.target_feature_layers = None if target_feature_layers is None else [int(i) for i in target_feature_layers]
+        self.draft_layer_config = copy.deepcopy(draft_layer_config) if draft_layer_config is not None else None
+        tc = self.draft_layer_config or self.target_config or {}  # EAGLE-3: the draft layer's own sizes
         kwargs.setdefault("hidden_size", tc.get("hidden_size"))
         kwargs.setdefault("intermediate_size", tc.get("intermediate_size"))
         kwargs.setdefault("vocab_size", tc.get("vocab_size"))
@@ -176,11 +222,40 @@ class FSPADConfig(PretrainedConfig):
                 raise ValueError(
                     f"FSPADConfig.draft_vocab_size ({self.draft_vocab_size}) must be in (0, vocab_size={self.vocab_size}]."
                 )
+        self._validate_head_kind()
+
+    def _validate_head_kind(self) -> None:
+        """The head-kind fields: FSPAD heads have none of the EAGLE-3 fields; EAGLE-3 heads have all of them."""
+        if self.head_kind not in HEAD_KINDS:
+            raise ValueError(f"FSPADConfig.head_kind must be one of {sorted(HEAD_KINDS)}, got {self.head_kind!r}.")
+        eagle3 = self.head_kind == "eagle3"
+        if not eagle3:
+            if self.target_feature_layers is not None or self.draft_layer_config is not None:
+                raise ValueError("target_feature_layers / draft_layer_config are EAGLE-3 fields; set head_kind='eagle3' "
+                                 "or drop them (FSPAD heads read the target's post-final-norm feature).")
+            return
+        if self.feature_sampling or self.partial_alignment or self.num_draft_layers != 1:
+            raise ValueError("An EAGLE-3 head has no FS, no PAD and one draft layer: build it with "
+                             "feature_sampling=False, partial_alignment=False, num_draft_layers=1.")
+        if not isinstance(self.draft_layer_config, dict):
+            raise ValueError("An EAGLE-3 head needs draft_layer_config (its Llama layer's config); build it with "
+                             "Eagle3DraftModel.from_target(target) or fspad_hf.interop.load_eagle3(path).")
+        layers = self.target_feature_layers
+        if layers is None or len(layers) != 3 or min(layers) < 0:
+            raise ValueError(f"An EAGLE-3 head fuses exactly three target layers; target_feature_layers={layers}. Pass "
+                             "three 0-based decoder-layer indices (low, middle, high), e.g. [1, L // 2 - 1, L - 4].")
+        depth = (self.target_config or {}).get("num_hidden_layers")
+        if depth is not None and max(layers) >= depth:
+            raise ValueError(f"target_feature_layers={layers} name a layer the target does not have (it has {depth} "
+                             f"decoder layers, indices 0..{depth - 1}).")
 
     # standalone: omit (method names: CLI, training logs, model cards)
     @property
     def method(self) -> Method:
         """The `METHODS` entry the FS / PAD switches describe."""
+        fixed = HEAD_KINDS[self.head_kind].method
+        if fixed is not None:
+            return fixed
         switches = (self.feature_sampling, self.partial_alignment)
         return next(m for m in METHODS.values() if (m.feature_sampling, m.partial_alignment) == switches)
 
@@ -199,6 +274,10 @@ class FSPADConfig(PretrainedConfig):
 
     def build_target_text_config(self) -> PretrainedConfig:
         """The draft layers' config: the target's text config with `num_draft_layers` full-attention layers."""
+        if self.head_kind != "fspad":
+            raise ValueError(f"This is a '{self.head_kind}' head: its layer is built from draft_layer_config "
+                             "by fspad_hf.head.eagle3.Eagle3DraftModel (install fspad-hf; the standalone custom_generate "
+                             "file runs FSPAD / EAGLE-2 / PosS heads only).")
         if self.target_config is None:
             raise ValueError("FSPADConfig.target_config is empty: build the head with FSPADDraftModel.from_target(target).")
         tc = copy.deepcopy(self.target_config)
@@ -218,4 +297,4 @@ class FSPADConfig(PretrainedConfig):
         return cfg
 
 
-__all__ = ["FSPADConfig", "METHODS", "Method", "method_by_key"]
+__all__ = ["FSPADConfig", "METHODS", "Method", "method_by_key", "HEAD_KINDS", "HeadKind"]

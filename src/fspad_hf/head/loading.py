@@ -28,6 +28,39 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _SAVE_HINT = "Save the head again with head.save_pretrained(folder) (it writes config.json + model.safetensors)."
 
 
+# head_kind -> "module:Class" of the modeling class that kind's folders load into (imported on first use, so
+# this module needs no import of the modeling modules). `FSPADDraftModel.from_pretrained` dispatches by it.
+HEAD_CLASSES: dict[str, str] = {
+    "fspad": "fspad_hf.head.modeling:FSPADDraftModel",
+    "eagle3": "fspad_hf.head.eagle3:Eagle3DraftModel",
+}
+HUB_CONFIG_KWARGS = ("revision", "subfolder", "token", "cache_dir", "local_files_only", "force_download")
+
+
+def head_class(kind: str) -> type:
+    """The modeling class registered for head kind `kind` (`HEAD_CLASSES`)."""
+    import importlib
+
+    if kind not in HEAD_CLASSES:
+        raise ValueError(f"Unknown head kind '{kind}' (known: {sorted(HEAD_CLASSES)}).")
+    module, name = HEAD_CLASSES[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _head_kind_of(cls, source, kwargs: dict) -> str:
+    """The `head_kind` recorded in the config of `source` (a local folder or a Hub repo id)."""
+    if kwargs.get("config") is not None:
+        return getattr(kwargs["config"], "head_kind", "fspad")
+    folder = os.path.join(str(source), kwargs.get("subfolder") or "")
+    if os.path.isdir(folder):
+        return read_json(Path(folder) / CONFIG_NAME).get("head_kind", "fspad")
+    try:
+        config_dict, _ = cls.config_class.get_config_dict(str(source), **{k: kwargs[k] for k in HUB_CONFIG_KWARGS if k in kwargs})
+    except OSError:  # unreachable or missing repo: transformers' loader below reports it in its own words
+        return "fspad"
+    return config_dict.get("head_kind", "fspad")
+
+
 def _variant_name(name: str, variant: str | None) -> str:
     """`model.safetensors` -> `model.<variant>.safetensors` (transformers' naming)."""
     if not variant:
@@ -46,6 +79,15 @@ def check_head_config(path: Path) -> None:
         )
     if config.get("auto_map"):
         logger.warning("%s has an 'auto_map' (remote code) entry; FSPADDraftModel ignores it and runs no code from the folder.", path)
+    kind = config.get("head_kind", "fspad")
+    if kind not in HEAD_CLASSES:
+        raise ValueError(f"{path} describes a head of kind '{kind}', which this fspad-hf does not know (known: "
+                         f"{sorted(HEAD_CLASSES)}); upgrade fspad-hf.")
+    if kind != "fspad":  # e.g. EAGLE-3: the layer is built from the head's own layer config
+        if not isinstance(config.get("draft_layer_config"), dict):
+            raise ValueError(f"{path} is an '{kind}' head without 'draft_layer_config'; convert it again with "
+                             "fspad_hf.interop.load_eagle3 (fspad-hf convert --from eagle3).")
+        return
     if not isinstance(config.get("target_config"), dict):
         raise ValueError(
             f"{path} has no 'target_config' (the target's text config the head's layers are built from), so the "
@@ -134,6 +176,14 @@ def load_head(cls, base_from_pretrained, source, *model_args, **kwargs):
     if source is not None and os.path.isdir(os.path.join(str(source), kwargs.get("subfolder") or "")):
         folder = os.path.join(str(source), kwargs.get("subfolder") or "")
         files = check_head_folder(folder, variant=kwargs.get("variant"), need_config=kwargs.get("config") is None)
+    if source is not None:  # the folder's head kind picks the class (e.g. EAGLE-3 -> Eagle3DraftModel)
+        wanted = head_class(_head_kind_of(cls, source, kwargs))
+        if wanted is not cls:
+            if not issubclass(wanted, cls):
+                raise ValueError(f"'{source}' holds a {wanted.__name__} head; load it with {wanted.__name__}.from_pretrained "
+                                 "(or FSPADDraftModel.from_pretrained, which picks the class).")
+            return wanted.from_pretrained(source, *model_args, **kwargs)
+    if source is not None and os.path.isdir(os.path.join(str(source), kwargs.get("subfolder") or "")):
         if [f.name for f in files] == [INT8_WEIGHTS_NAME]:
             return load_int8(cls, folder, kwargs.get("dtype", kwargs.get("torch_dtype")))
     try:
@@ -144,5 +194,5 @@ def load_head(cls, base_from_pretrained, source, *model_args, **kwargs):
         ) from error
 
 
-__all__ = ["CorruptCheckpointError", "check_head_folder", "looks_like_missing_local_path", "check_head_config",
+__all__ = ["CorruptCheckpointError", "HEAD_CLASSES", "head_class", "check_head_folder", "looks_like_missing_local_path", "check_head_config",
            "weights_files", "load_head", "PICKLE_SUFFIXES"]

@@ -220,10 +220,9 @@ class FSPADDraftModel(FSPADPreTrainedModel):
     def num_specialists(self) -> int:
         return len(self.layers)
 
-    # standalone: omit (not used by decoding)
     @property
     def target_feature_layers(self) -> tuple[int, ...] | None:
-        return None  # the post-final-norm feature of the target
+        return None  # the post-final-norm feature of the target (decoding asks every head)
 
     def specialist_for_position(self, position: int) -> int:
         return self.config.specialist_for_position(position)

@@ -56,6 +56,17 @@ def refusal_reasons(head: FSPADDraftModel) -> list[str]:
     return reasons
 
 
+def with_legacy_rope(cfg: dict) -> dict:
+    """Add `rope_theta` / `rope_scaling` next to `rope_parameters` (in place): transformers < 5, which the engines
+    pin, reads the former; >= 5 the latter."""
+    rope = cfg.get("rope_parameters") or {}
+    if "rope_theta" in rope and "rope_theta" not in cfg:
+        cfg["rope_theta"] = rope["rope_theta"]
+        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
+        cfg["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else {**scaling, "type": scaling["rope_type"]}
+    return cfg
+
+
 def export_config(head: FSPADDraftModel, engine: str) -> dict:
     """The `config.json` of the exported folder: the head's Llama text config with one layer."""
     spec = ENGINES[engine]
@@ -63,12 +74,7 @@ def export_config(head: FSPADDraftModel, engine: str) -> dict:
     cfg.update(num_hidden_layers=1, architectures=list(spec["architectures"]), model_type="llama")
     for key in ("layer_types", "sliding_window", "use_sliding_window", "max_window_layers"):
         cfg.pop(key, None)
-    rope = cfg.get("rope_parameters") or {}
-    if "rope_theta" in rope and "rope_theta" not in cfg:
-        # transformers < 5 (what engines pin) read `rope_theta` / `rope_scaling`; >= 5 reads `rope_parameters`.
-        cfg["rope_theta"] = rope["rope_theta"]
-        scaling = {k: v for k, v in rope.items() if k != "rope_theta"}
-        cfg["rope_scaling"] = None if scaling.get("rope_type", "default") == "default" else {**scaling, "type": scaling["rope_type"]}
+    with_legacy_rope(cfg)
     if not spec["fc_bias"]:
         cfg["bias"] = False  # vLLM's Llama layer would read `bias: true` as attention biases
     cfg["torch_dtype"] = str(head.dtype).replace("torch.", "")
@@ -104,8 +110,27 @@ def export_state_dict(head: FSPADDraftModel, engine: str, drop_fc_bias: bool = F
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def export_eagle(head, out_dir: str | os.PathLike, engine: str = "vllm", drop_fc_bias: bool = False,
-                 include_embeddings: bool | None = None) -> Path:
+# head_kind -> "module:function" writing that kind's heads (EAGLE-3 heads: interop/eagle3_export.py).
+EXPORTERS = {"fspad": f"{__name__}:export_eagle2", "eagle3": f"{__package__}.eagle3_export:export_eagle3"}
+
+
+def export_eagle(head, out_dir: str | os.PathLike, engine: str = "vllm", **options) -> Path:
+    """Write `head` in the layout `engine` loads; returns the folder.
+
+    EAGLE-2 heads (`export_eagle2`): engine "vllm" or "sglang" (EAGLE-1/2 layout; options `drop_fc_bias`,
+    `include_embeddings`). EAGLE-3 heads (`eagle3_export.export_eagle3`): "vllm", "sglang" (EAGLE-3 layout)
+    or "speculators" (options `include_embeddings`, `verifier`, `speculative_tokens`). FS, PAD and PosS heads
+    raise `ExportRefused` saying why. Nothing here was run in an engine (no GPU, no engine install).
+    """
+    import importlib
+
+    head = unwrap_head(head)
+    module, name = EXPORTERS[head.config.head_kind].split(":")
+    return getattr(importlib.import_module(module), name)(head, out_dir, engine=engine, **options)
+
+
+def export_eagle2(head, out_dir: str | os.PathLike, engine: str = "vllm", drop_fc_bias: bool = False,
+                  include_embeddings: bool | None = None) -> Path:
     """Write an EAGLE-2 head in the EAGLE-1/2 layout `engine` ("vllm" or "sglang") loads; returns the folder.
 
     Files: `config.json` (Llama config, `num_hidden_layers: 1`; `architectures` per engine) and
@@ -116,7 +141,8 @@ def export_eagle(head, out_dir: str | os.PathLike, engine: str = "vllm", drop_fc
     """
     head = unwrap_head(head)
     if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {sorted(ENGINES)}, got {engine!r}.")
+        hint = " (the speculators format holds EAGLE-3 heads only)" if engine == "speculators" else ""
+        raise ValueError(f"engine must be one of {sorted(ENGINES)} for an EAGLE-2 head, got {engine!r}{hint}.")
     reasons = refusal_reasons(head)
     if reasons:
         raise ExportRefused(
@@ -134,4 +160,4 @@ def export_eagle(head, out_dir: str | os.PathLike, engine: str = "vllm", drop_fc
     return out
 
 
-__all__ = ["export_eagle", "export_config", "export_state_dict", "refusal_reasons", "ExportRefused", "ENGINES"]
+__all__ = ["export_eagle", "export_eagle2", "with_legacy_rope", "EXPORTERS", "export_config", "export_state_dict", "refusal_reasons", "ExportRefused", "ENGINES"]
