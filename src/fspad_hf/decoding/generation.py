@@ -130,9 +130,10 @@ def target_forward(model, ids: torch.LongTensor, cache: DynamicCache, attention_
     post-final-norm state.
     """
     decoder = decoder_of(model)
-    caught: dict[int, torch.Tensor] = {}
-    hooks = [decoder.layers[i].register_forward_hook(_output_catcher(caught, i))
-             for i in sorted(set(feature_layers or ()))]
+    caught: dict[int, torch.Tensor] = {}  # layer index -> its output hidden state (a tensor, or a tuple's first item)
+    hooks = [decoder.layers[i].register_forward_hook(
+        lambda module, args, out, i=i: caught.__setitem__(i, out[0] if isinstance(out, tuple) else out))
+        for i in set(feature_layers or ())]
     try:
         out = decoder(
             input_ids=ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache_kwargs(cache)
@@ -144,14 +145,6 @@ def target_forward(model, ids: torch.LongTensor, cache: DynamicCache, attention_
     rows = final[0, -1:] if last_row_only else final[0]
     features = torch.cat([caught[i] for i in feature_layers], dim=-1) if feature_layers else final  # [1, T, k*H]
     return features, target_logits(model, rows).float()
-
-
-def _output_catcher(caught: dict, index: int):
-    """A forward hook keeping decoder layer `index`'s output hidden state (a tensor, or a tuple's first item)."""
-    def hook(module, args, output) -> None:
-        caught[index] = output[0] if isinstance(output, tuple) else output
-
-    return hook
 
 
 def _model_dtype(model) -> torch.dtype:

@@ -105,18 +105,22 @@ class FSPADConfig(PretrainedConfig):
             Maximum depth of the draft tree (= maximum number of drafted tokens on one path).
         tree_top_k (`int`, defaults to 8):
             Children expanded per frontier node and size of the frontier at each level.
-        retrieval_branches (`int`, defaults to 0):
+        retrieval_branches (`int`, defaults to 4):
             Retrieval drafts (decoding/retrieval.py): up to this many distinct continuations of the
             current suffix, found in the text so far (prompt + generated) by n-gram matching, are merged
             into the head's tree each round (shared prefixes merged) and verified by the same target
-            forward. 0 turns retrieval off (the default until benchmarks show it pays).
+            forward. 0 turns retrieval off. With the adaptive policy a retrieved node is verified only
+            when its measured acceptance rate pays for its cost, so the default 4 is safe on any machine.
         retrieval_length (`int`, defaults to 8):
             Maximum tokens per retrieved continuation (also cut to the tokens left to generate).
-        tree_policy (`str`, defaults to `"static"`):
+        tree_policy (`str`, defaults to `"adaptive"`):
             `"static"`: verify the fixed tree above every round. `"adaptive"` (decoding/policy.py): each
             round, verify the number of candidate nodes (at most `tree_depth` levels, top-k
             `tree_top_k`, plus retrieval nodes) that maximises the expected new tokens per ms under
             the machine's cost model, drafting fewer levels or none (plain steps) when they do not pay.
+            The cost model is measured once per machine, dtype and thread count (about 40 s at the first
+            call; `fspad-hf calibrate` does it ahead) and cached. Per call, `tree_policy="static"` and
+            `retrieval_branches=0` give the fixed head-only tree.
         draft_vocab_size (`int`, *optional*):
             If set, the head predicts over a reduced vocabulary of this many target token ids (the
             `d2t` buffer maps draft ids to target ids). Verification always uses the full vocabulary.
@@ -155,9 +159,9 @@ class FSPADConfig(PretrainedConfig):
         tree_total_tokens: int = 24,
         tree_depth: int = 5,
         tree_top_k: int = 8,
-        retrieval_branches: int = 0,
+        retrieval_branches: int = 4,
         retrieval_length: int = 8,
-        tree_policy: str = "static",
+        tree_policy: str = "adaptive",
         draft_vocab_size: int | None = None,
         feature_noise: float = 0.2,
         head_kind: str = "fspad",
@@ -222,32 +226,6 @@ class FSPADConfig(PretrainedConfig):
                 raise ValueError(
                     f"FSPADConfig.draft_vocab_size ({self.draft_vocab_size}) must be in (0, vocab_size={self.vocab_size}]."
                 )
-        self._validate_head_kind()
-
-    def _validate_head_kind(self) -> None:
-        """The head-kind fields: FSPAD heads have none of the EAGLE-3 fields; EAGLE-3 heads have all of them."""
-        if self.head_kind not in HEAD_KINDS:
-            raise ValueError(f"FSPADConfig.head_kind must be one of {sorted(HEAD_KINDS)}, got {self.head_kind!r}.")
-        eagle3 = self.head_kind == "eagle3"
-        if not eagle3:
-            if self.target_feature_layers is not None or self.draft_layer_config is not None:
-                raise ValueError("target_feature_layers / draft_layer_config are EAGLE-3 fields; set head_kind='eagle3' "
-                                 "or drop them (FSPAD heads read the target's post-final-norm feature).")
-            return
-        if self.feature_sampling or self.partial_alignment or self.num_draft_layers != 1:
-            raise ValueError("An EAGLE-3 head has no FS, no PAD and one draft layer: build it with "
-                             "feature_sampling=False, partial_alignment=False, num_draft_layers=1.")
-        if not isinstance(self.draft_layer_config, dict):
-            raise ValueError("An EAGLE-3 head needs draft_layer_config (its Llama layer's config); build it with "
-                             "Eagle3DraftModel.from_target(target) or fspad_hf.interop.load_eagle3(path).")
-        layers = self.target_feature_layers
-        if layers is None or len(layers) != 3 or min(layers) < 0:
-            raise ValueError(f"An EAGLE-3 head fuses exactly three target layers; target_feature_layers={layers}. Pass "
-                             "three 0-based decoder-layer indices (low, middle, high), e.g. [1, L // 2 - 1, L - 4].")
-        depth = (self.target_config or {}).get("num_hidden_layers")
-        if depth is not None and max(layers) >= depth:
-            raise ValueError(f"target_feature_layers={layers} name a layer the target does not have (it has {depth} "
-                             f"decoder layers, indices 0..{depth - 1}).")
 
     # standalone: omit (method names: CLI, training logs, model cards)
     @property
@@ -274,10 +252,8 @@ class FSPADConfig(PretrainedConfig):
 
     def build_target_text_config(self) -> PretrainedConfig:
         """The draft layers' config: the target's text config with `num_draft_layers` full-attention layers."""
-        if self.head_kind != "fspad":
-            raise ValueError(f"This is a '{self.head_kind}' head: its layer is built from draft_layer_config "
-                             "by fspad_hf.head.eagle3.Eagle3DraftModel (install fspad-hf; the standalone custom_generate "
-                             "file runs FSPAD / EAGLE-2 / PosS heads only).")
+        if self.head_kind != "fspad":  # e.g. EAGLE-3: built by fspad_hf.head.eagle3 (not in the standalone file)
+            raise ValueError(f"A '{self.head_kind}' head needs the fspad-hf package (FSPAD / EAGLE-2 / PosS heads only here).")
         if self.target_config is None:
             raise ValueError("FSPADConfig.target_config is empty: build the head with FSPADDraftModel.from_target(target).")
         tc = copy.deepcopy(self.target_config)

@@ -101,6 +101,27 @@ def eagle3_layer_step(layer: nn.Module, embeds: torch.Tensor, hidden: torch.Tens
     return h + layer.mlp(layer.post_attention_layernorm(h))
 
 
+def check_eagle3_config(config: FSPADConfig) -> None:
+    """Raise a ValueError naming the bad field and the fix: an EAGLE-3 config has all of its fields, no FS / PAD."""
+    if config.head_kind != "eagle3":
+        raise ValueError(f"Eagle3DraftModel needs head_kind='eagle3', got {config.head_kind!r}: load FSPAD heads "
+                         "with FSPADDraftModel.")
+    if config.feature_sampling or config.partial_alignment or config.num_draft_layers != 1:
+        raise ValueError("An EAGLE-3 head has no FS, no PAD and one draft layer: build it with "
+                         "feature_sampling=False, partial_alignment=False, num_draft_layers=1.")
+    if not isinstance(config.draft_layer_config, dict):
+        raise ValueError("An EAGLE-3 head needs draft_layer_config (its Llama layer's config); build it with "
+                         "Eagle3DraftModel.from_target(target) or fspad_hf.interop.load_eagle3(path).")
+    layers = config.target_feature_layers
+    if layers is None or len(layers) != 3 or min(layers) < 0:
+        raise ValueError(f"An EAGLE-3 head fuses exactly three target layers; target_feature_layers={layers}. Pass "
+                         "three 0-based decoder-layer indices (low, middle, high), e.g. [1, L // 2 - 1, L - 4].")
+    depth = (config.target_config or {}).get("num_hidden_layers")
+    if depth is not None and max(layers) >= depth:
+        raise ValueError(f"target_feature_layers={layers} name a layer the target does not have (it has {depth} "
+                         f"decoder layers, indices 0..{depth - 1}).")
+
+
 class Eagle3DraftModel(FSPADDraftModel):
     """EAGLE-3 draft head: three target layers fused by `fc`, one Llama layer over `[norm(e) ; norm(g)]`, its
     own final `norm` and `lm_head` over a reduced draft vocabulary (`d2t`: draft id -> target id).
@@ -112,9 +133,7 @@ class Eagle3DraftModel(FSPADDraftModel):
     """
 
     def __init__(self, config: FSPADConfig):
-        if config.head_kind != "eagle3":
-            raise ValueError(f"Eagle3DraftModel needs head_kind='eagle3', got {config.head_kind!r}: load FSPAD heads "
-                             "with FSPADDraftModel.")
+        check_eagle3_config(config)
         PreTrainedModel.__init__(self, config)  # the FSPAD layers of FSPADDraftModel.__init__ are not built
         layer_cfg = build_layer_config(config.draft_layer_config, config._attn_implementation)
         layer_cls, rotary_cls = classes_for_config(layer_cfg)
@@ -251,5 +270,5 @@ class Eagle3DraftModel(FSPADDraftModel):
         return self.lm_head(self.norm(predict.to(self.dtype)))
 
 
-__all__ = ["Eagle3DraftModel", "default_feature_layers", "draft_layer_config_for", "adapt_eagle3_layer",
+__all__ = ["Eagle3DraftModel", "check_eagle3_config", "default_feature_layers", "draft_layer_config_for", "adapt_eagle3_layer",
            "eagle3_layer_step"]
