@@ -1,6 +1,7 @@
-"""The EAGLE-1/2 and EAGLE-3 head layouts (SafeAILab/EAGLE `eagle/model/cnets1.py`, also read by vLLM and SGLang).
+"""The EAGLE-1/2 and EAGLE-3 head layouts; EAGLE-3 at the end of this module.
 
-Weights (one decoder layer, no input norm, no final norm, no LM head):
+EAGLE-1/2 (SafeAILab/EAGLE `eagle/model/cnets1.py`, also read by vLLM and SGLang) weights (one decoder
+layer, no input norm, no final norm, no LM head):
     fc.weight [H, 2H]  (+ fc.bias [H])      input is concat([token embedding ; target feature])
     layers.0.self_attn.{q,k,v,o}_proj.weight (+ q/k/v biases for qkv_bias heads)
     layers.0.mlp.{gate,up,down}_proj.weight
