@@ -14,6 +14,21 @@ def additive_mask(allowed: torch.BoolTensor, dtype: torch.dtype) -> torch.Tensor
     return out.masked_fill(~allowed, torch.finfo(dtype).min)[None, None]
 
 
+def tree_additive_mask(ancestors: torch.BoolTensor, context_len: int, dtype: torch.dtype,
+                       positions: torch.LongTensor | None = None, window: int | None = None) -> torch.Tensor:
+    """`[1, 1, T + 1, context_len + T + 1]` additive mask of tree slots after `context_len` cached tokens: each
+    slot sees the whole context and its ancestors `[T + 1, T + 1]` (itself included); with a sliding `window`,
+    a query at position `positions[i]` only sees keys at positions > q - window (transformers' convention).
+    Equal to `additive_mask(tree_attention_allowed(...))`, built in place (5 ops without a window)."""
+    rows, low = ancestors.shape[0], torch.finfo(dtype).min
+    out = torch.zeros(rows, context_len + rows, dtype=dtype, device=ancestors.device)
+    out[:, context_len:].masked_fill_(~ancestors, low)
+    if window is not None:
+        key_pos = torch.cat([torch.arange(context_len, device=positions.device), positions])  # [context_len + T + 1]
+        out.masked_fill_(key_pos[None, :] <= positions[:, None] - window, low)
+    return out.view(1, 1, rows, context_len + rows)
+
+
 def causal_additive_mask(q_len: int, past_len: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """`[1, 1, q_len, past_len + q_len]` additive mask: query i sees keys 0 .. past_len + i."""
     k = torch.arange(past_len + q_len, device=device)
@@ -21,4 +36,4 @@ def causal_additive_mask(q_len: int, past_len: int, dtype: torch.dtype, device: 
     return additive_mask(k[None, :] <= q[:, None], dtype)
 
 
-__all__ = ["additive_mask", "causal_additive_mask"]
+__all__ = ["additive_mask", "causal_additive_mask", "tree_additive_mask"]

@@ -15,6 +15,7 @@ import time
 import torch
 from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 from transformers.cache_utils import DynamicCache
+from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
 from ..head.target_parts import decoder_of, target_logits, text_config_of
 from .cache import compact_cache
@@ -24,8 +25,8 @@ from .retrieval import RetrievalDrafter
 from .settings import TreeSettings
 from ..head.modeling import FSPADDraftModel
 from .stats import GenerationStats
-from ..masks import additive_mask
-from .tree import DraftTree, tree_attention_allowed
+from ..masks import tree_additive_mask
+from .tree import DraftTree
 from .verification import accept, process_tree_scores, target_choices
 
 logger = logging.getLogger(__name__)
@@ -35,67 +36,55 @@ logger = logging.getLogger(__name__)
 def validate_request(model, input_ids: torch.LongTensor, generation_config: GenerationConfig, model_kwargs: dict) -> None:
     """Clear errors for what tree decoding does not support (each names the fix)."""
     if (generation_config.num_beams or 1) > 1:
-        raise ValueError(
-            f"FSPAD tree decoding does not support beam search (num_beams={generation_config.num_beams}); "
-            "use num_beams=1 (greedy or sampling)."
-        )
+        raise ValueError("FSPAD tree decoding does not support beam search "
+                         f"(num_beams={generation_config.num_beams}); use num_beams=1 (greedy or sampling).")
     if (generation_config.num_return_sequences or 1) > 1:
-        raise ValueError(
-            f"FSPAD tree decoding returns one sequence (num_return_sequences={generation_config.num_return_sequences}); "
-            "call generate() several times with do_sample=True instead."
-        )
+        raise ValueError("FSPAD tree decoding returns one sequence "
+                         f"(num_return_sequences={generation_config.num_return_sequences}); call generate() several "
+                         "times with do_sample=True instead.")
     if model_kwargs.get("inputs_embeds") is not None:
-        raise ValueError(
-            "FSPAD tree decoding works on token ids and would ignore inputs_embeds (the output would differ from "
-            "plain generate()). Pass input_ids only, or drop assistant_model to generate from embeddings."
-        )
+        raise ValueError("FSPAD tree decoding works on token ids and would ignore inputs_embeds (the output would "
+                         "differ from plain generate()). Pass input_ids only, or drop assistant_model to generate "
+                         "from embeddings.")
     if generation_config.return_dict_in_generate and (
         generation_config.output_attentions or generation_config.output_hidden_states
     ):
-        raise ValueError(
-            "FSPAD tree decoding cannot return per-token attentions or hidden states (output_attentions / "
-            "output_hidden_states): the target runs one forward per tree. Drop them, or drop assistant_model."
-        )
+        raise ValueError("FSPAD tree decoding cannot return per-token attentions or hidden states (output_attentions "
+                         "/ output_hidden_states): the target runs one forward per tree. Drop them, or drop "
+                         "assistant_model.")
     if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(
-            f"FSPAD tree decoding supports batch size 1 only, got input_ids of shape {tuple(input_ids.shape)}. "
-            "Call generate() once per prompt, or drop assistant_model for batched plain generation."
-        )
+        raise ValueError("FSPAD tree decoding supports batch size 1 only, got input_ids of shape "
+                         f"{tuple(input_ids.shape)}. Call generate() once per prompt, or drop assistant_model for "
+                         "batched plain generation.")
     if input_ids.shape[1] == 0:
         raise ValueError("FSPAD tree decoding needs a non-empty prompt (input_ids has length 0).")
     vocab = getattr(text_config_of(model), "vocab_size", None)
     low, high = int(input_ids.min()), int(input_ids.max())
     if vocab and (low < 0 or high >= vocab):
-        raise ValueError(
-            f"input_ids hold token ids outside the target's vocabulary [0, {vocab}) (min {low}, max {high}); "
-            "tokenize the prompt with the target's own tokenizer."
-        )
+        raise ValueError(f"input_ids hold token ids outside the target's vocabulary [0, {vocab}) (min {low}, max "
+                         f"{high}); tokenize the prompt with the target's own tokenizer.")
     if generation_config.cache_implementation not in (None, "dynamic"):
-        raise ValueError(
-            f"FSPAD tree decoding needs a dynamic cache, got cache_implementation='{generation_config.cache_implementation}'. "
-            "Drop cache_implementation (static caches cannot drop rejected tree tokens)."
-        )
+        raise ValueError("FSPAD tree decoding needs a dynamic cache, got "
+                         f"cache_implementation='{generation_config.cache_implementation}'. Drop cache_implementation "
+                         "(static caches cannot drop rejected tree tokens).")
     for name, past in user_caches(model_kwargs):
         if not isinstance(past, DynamicCache):
-            raise ValueError(
-                f"FSPAD tree decoding needs a DynamicCache, got {type(past).__name__} (passed as `{name}`). Do not "
-                "pass a cache: static, sliding, quantized or offloaded caches cannot drop rejected tree tokens."
-            )
+            raise ValueError(f"FSPAD tree decoding needs a DynamicCache, got {type(past).__name__} (passed as "
+                             f"`{name}`). Do not pass a cache: static, sliding, quantized or offloaded caches cannot "
+                             "drop rejected tree tokens.")
         if past.get_seq_length() > 0:
-            raise ValueError(
-                f"FSPAD tree decoding starts from an empty cache, but `{name}` already holds {past.get_seq_length()} "
-                "positions. Do not pass a filled cache: pass the whole text as input_ids instead."
-            )
+            raise ValueError(f"FSPAD tree decoding starts from an empty cache, but `{name}` already holds "
+                             f"{past.get_seq_length()} positions. Do not pass a filled cache: pass the whole text as "
+                             "input_ids instead.")
     mask = model_kwargs.get("attention_mask")
     if mask is not None and not bool((mask == 1).all()):
         raise ValueError("FSPAD tree decoding does not support padded prompts (attention_mask has zeros).")
     if model.config.is_encoder_decoder:
         raise ValueError("FSPAD tree decoding supports decoder-only causal LMs only.")
     if decoder_of(model).config._attn_implementation not in ("sdpa", "eager"):
-        raise ValueError(
-            f"FSPAD tree decoding needs attn_implementation 'sdpa' or 'eager' (arbitrary tree masks), got "
-            f"'{decoder_of(model).config._attn_implementation}'. Load the target with attn_implementation='sdpa'."
-        )
+        raise ValueError("FSPAD tree decoding needs attn_implementation 'sdpa' or 'eager' (arbitrary tree masks), "
+                         f"got '{decoder_of(model).config._attn_implementation}'. Load the target with "
+                         "attn_implementation='sdpa'.")
 
 
 # ---------------------------------------------------------------------------- target side
@@ -113,7 +102,7 @@ def _mask_layer_types(cfg) -> dict[str, int | None]:
 def tree_mask(cfg, tree: DraftTree, context_len: int, positions: torch.LongTensor, dtype: torch.dtype):
     """Additive tree mask for the target: one tensor, or a dict per layer type for hybrid models."""
     masks = {
-        layer_type: additive_mask(tree_attention_allowed(tree.ancestors, context_len, positions, window), dtype)
+        layer_type: tree_additive_mask(tree.ancestors, context_len, dtype, positions, window)
         for layer_type, window in _mask_layer_types(cfg).items()
     }
     return next(iter(masks.values())) if len(masks) == 1 else masks
@@ -152,13 +141,37 @@ def _model_dtype(model) -> torch.dtype:
 
 
 # ---------------------------------------------------------------------------- the loop
-def _emit(new_tokens, input_ids, stopping_criteria, row_scores) -> tuple[torch.LongTensor, int, bool]:
-    """Append tokens one at a time, stopping exactly where generate() would; returns (ids, n_kept, done)."""
-    for i in range(new_tokens.shape[0]):
-        input_ids = torch.cat([input_ids, new_tokens[i : i + 1][None]], dim=1)
-        if bool(stopping_criteria(input_ids, row_scores[i : i + 1]).any()):
-            return input_ids, i + 1, True
-    return input_ids, new_tokens.shape[0], False
+def vector_stop_rule(stopping_criteria, device) -> tuple[int | None, torch.Tensor | None] | None:
+    """(max_length, eos ids `[E]`) when every criterion is transformers' `MaxLengthCriteria` / `EosTokenCriteria`
+    (exact types: their stop point in a run of new tokens is found in one vectorised step); None when any other
+    criterion (StopStringCriteria, MaxTimeCriteria, a custom one) must be called token by token."""
+    criteria = list(stopping_criteria or ())
+    if not {type(c) for c in criteria} <= {MaxLengthCriteria, EosTokenCriteria}:
+        return None
+    eos = [torch.as_tensor(c.eos_token_id).flatten() for c in criteria if type(c) is EosTokenCriteria]
+    max_length = min((c.max_length for c in criteria if type(c) is MaxLengthCriteria), default=None)
+    return max_length, torch.cat(eos).to(device) if eos else None
+
+
+def _emit(new_tokens, input_ids, stopping_criteria, row_scores, rule=None) -> tuple[torch.LongTensor, int, bool]:
+    """Append `new_tokens` `[n]`, stopping exactly where generate() would; returns (ids, n_kept, done).
+
+    With a `rule` (`vector_stop_rule`): the max_length cut from the lengths, the first EOS with one host read,
+    one `cat`. Without: tokens are appended one at a time and every criterion is called, as generate() does.
+    """
+    if rule is None:
+        for i in range(new_tokens.shape[0]):
+            input_ids = torch.cat([input_ids, new_tokens[i : i + 1][None]], dim=1)
+            if bool(stopping_criteria(input_ids, row_scores[i : i + 1]).any()):
+                return input_ids, i + 1, True
+        return input_ids, new_tokens.shape[0], False
+    (max_length, eos), length, keep = rule, input_ids.shape[1], new_tokens.shape[0]
+    if max_length is not None:  # generate() stops at the first token that brings the length to max_length
+        keep = min(keep, max(1, max_length - length))
+    done = max_length is not None and length + keep >= max_length
+    before = keep if eos is None else int((torch.isin(new_tokens[:keep], eos).cumsum(0) == 0).sum())  # before EOS
+    keep, done = (before + 1, True) if before < keep else (keep, done)
+    return torch.cat([input_ids, new_tokens[None, :keep]], dim=1), keep, done
 
 
 def run_tree_decoding(
@@ -199,7 +212,8 @@ def run_tree_decoding(
         all_scores.append(scores)
     if want_logits:
         all_logits.append(logits)
-    input_ids, _, done = _emit(token, input_ids, stopping_criteria, scores)
+    rule = vector_stop_rule(stopping_criteria, input_ids.device)  # None: criteria called token by token
+    input_ids, _, done = _emit(token, input_ids, stopping_criteria, scores, rule)
     if streamer is not None:
         streamer.put(token.cpu())
     drafter.observe(features)
@@ -225,7 +239,7 @@ def run_tree_decoding(
 
         new_tokens = torch.cat([tree.tokens[acc.path[1:] - 1], acc.bonus[None]])  # accepted nodes + bonus
         row_scores = scores[acc.path]  # scores that produced each new token
-        input_ids, kept, done = _emit(new_tokens, input_ids, stopping_criteria, row_scores)
+        input_ids, kept, done = _emit(new_tokens, input_ids, stopping_criteria, row_scores, rule)
         if streamer is not None:
             streamer.put(new_tokens[:kept].cpu())
         if want_scores:
@@ -236,6 +250,7 @@ def run_tree_decoding(
         if not done:
             drafter.observe(features[:, acc.path])
 
+    stats.finish()  # the per-round counters kept on the device: one host sync for the whole call
     if streamer is not None:
         streamer.end()
     if generation_config.return_dict_in_generate:

@@ -22,11 +22,13 @@ set of children - head top-k, retrieved, or both - leaves greedy output and the 
 
 from __future__ import annotations
 
+import array
+import itertools
 from dataclasses import dataclass
 
 import torch
 
-from .tree import DraftTree, ancestor_mask
+from .tree import DraftTree
 
 HEAD_SOURCE, RETRIEVAL_SOURCE = 0, 1
 
@@ -126,6 +128,13 @@ def _trie(paths: list[list[int]]) -> tuple[list[int], list[int], list[int], list
     return tokens, parents, depths, node_paths
 
 
+def _long_table(rows: list[list[int]], device) -> torch.LongTensor:
+    """`[R, C]` long tensor of equal-length int rows (R >= 1), in one host -> device copy. Through `array`, since
+    `torch.tensor` on nested lists costs ~0.1 us per element."""
+    flat = array.array("q", itertools.chain.from_iterable(rows))
+    return torch.frombuffer(flat, dtype=torch.long).view(len(rows), -1).to(device)
+
+
 def head_paths(tree: DraftTree, width: int) -> torch.LongTensor:
     """`[T, width]` root paths of the tree's nodes: entry q = token at depth q + 1 on the path, -1 past the node."""
     anc = tree.ancestors[1:, 1:]  # [T, T] node j's ancestors (itself included), root dropped
@@ -147,8 +156,8 @@ def merge_retrieved(
     Paths are cut to `max_depth` tokens. A retrieved node whose root path the tree already holds is that
     tree node; the others are appended in trie order (parents first), so ancestors precede descendants
     and siblings stay distinct (the head's siblings are distinct, and a retrieved child is only added
-    where no sibling carries its token). `tree_depth`: an upper bound of `tree`'s depth (avoids a sync).
-    The ancestor mask is rebuilt with `tree.ancestor_mask`.
+    where no sibling carries its token). The tree's ancestor mask is extended, not rebuilt: one host sync
+    (how many nodes are new). `tree_depth` (an upper bound of `tree`'s depth) is no longer needed; kept for callers.
     """
     if max_depth is not None:
         paths = [p[:max_depth] for p in paths]
@@ -162,7 +171,6 @@ def merge_retrieved(
             depth=torch.zeros(0, dtype=torch.long, device=device),
             ancestors=torch.ones(1, 1, dtype=torch.bool, device=device),
         )
-        tree_depth = 0
     t = tree.num_nodes
     head_source = getattr(tree, "source", None)
     if head_source is None:
@@ -172,10 +180,13 @@ def merge_retrieved(
 
     r_tokens, r_parents, r_depths, r_paths = _trie(paths)
     width = max(r_depths)
-    r_tok = torch.tensor(r_tokens, dtype=torch.long, device=device)  # [R]
-    r_par = torch.tensor(r_parents, dtype=torch.long, device=device)
-    r_dep = torch.tensor(r_depths, dtype=torch.long, device=device)
-    padded = torch.tensor([p + [-1] * (width - len(p)) for p in r_paths], dtype=torch.long, device=device)  # [R, W]
+    chains = []  # per trie node: the trie nodes of its root path, itself included (-1, the root, pads on the left)
+    for r, parent in enumerate(r_parents):
+        chains.append((chains[parent] if parent >= 0 else [-1] * (width + 1))[1:] + [r])  # W + 1 entries
+    table = _long_table([[tok, par, dep] + p + [-1] * (width - len(p)) + chain
+                         for tok, par, dep, p, chain in zip(r_tokens, r_parents, r_depths, r_paths, chains)], device)
+    r_tok, r_par, r_dep = table[:, 0], table[:, 1], table[:, 2]  # [R] each
+    padded, chain_of = table[:, 3 : 3 + width], table[:, 3 + width :]  # [R, W] root paths, [R, W + 1] trie chains
 
     if t:
         same = (head_paths(tree, width)[None, :, :] == padded[:, None, :]).all(dim=-1)  # [R, T]
@@ -185,24 +196,28 @@ def merge_retrieved(
     else:
         found = torch.zeros(len(r_tokens), dtype=torch.bool, device=device)
         head_slot = torch.zeros(len(r_tokens), dtype=torch.long, device=device)
-    new = ~found  # a found node's parent is found too (the head tree holds its whole path)
-    slot = torch.where(found, head_slot, t + torch.cumsum(new.long(), dim=0))  # [R] slot of every trie node
-    slot_ext = torch.cat([slot, slot.new_zeros(1)])  # parent -1 (root) -> slot 0
-    new_parents = slot_ext[r_par][new]
+    # a found node's parent is found too (the head tree holds its whole path), so new nodes keep trie order
+    new = torch.nonzero(~found).flatten()  # [N] trie nodes the tree lacks: the merge's one host sync
+    slot = torch.where(found, head_slot, t + torch.cumsum(~found, dim=0))  # [R] slot of every trie node
+    slot_ext = torch.cat([slot, slot.new_zeros(1)])  # trie index -1 (the root) -> slot 0
+    new_tok = r_tok.index_select(0, new)
 
-    parents = torch.cat([tree.parents, new_parents])
-    depth = torch.cat([tree.depth, r_dep[new]])
-    bound = max(tree_depth if tree_depth is not None else tree.max_depth, width)
+    # Ancestors: the tree's block is kept as is; a new node's row holds the slots of its trie chain (padding
+    # -1 is the root, slot 0, an ancestor of every node anyway).
+    m = t + 1 + new.shape[0]
+    ancestors = torch.zeros(m, m, dtype=torch.bool, device=device)
+    ancestors[: t + 1, : t + 1] = tree.ancestors
+    ancestors[t + 1 :].scatter_(1, slot_ext[chain_of.index_select(0, new)], True)
     scores = None
     if tree.scores is not None:  # retrieval nodes carry no draft log-probability
-        scores = torch.cat([tree.scores, tree.scores.new_full((int(new.sum()),), float("nan"))])
+        scores = torch.cat([tree.scores, tree.scores.new_full((new.shape[0],), float("nan"))])
     return MergedTree(
-        tokens=torch.cat([tree.tokens, r_tok[new]]),
-        parents=parents,
-        depth=depth,
-        ancestors=ancestor_mask(parents, bound),
+        tokens=torch.cat([tree.tokens, new_tok]),
+        parents=torch.cat([tree.parents, slot_ext[r_par.index_select(0, new)]]),
+        depth=torch.cat([tree.depth, r_dep.index_select(0, new)]),
+        ancestors=ancestors,
         scores=scores,
-        source=torch.cat([head_source, torch.full_like(r_tok[new], RETRIEVAL_SOURCE)]),
+        source=torch.cat([head_source, torch.full_like(new_tok, RETRIEVAL_SOURCE)]),
     )
 
 

@@ -35,6 +35,7 @@ class GenerationStats:
         `accepted_lengths` came from head nodes; see `accepted_from_head`).
     predicted_ms: per round, the adaptive policy's predicted draft + verify time (ms) of the chosen tree
         (decoding/policy.py fills it), to compare with `draft_seconds + verify_seconds`; empty for the static tree.
+    position_* and retrieval_* are complete after `finish()` (the decoding loop calls it at the end).
     """
 
     prompt_length: int = 0
@@ -50,32 +51,42 @@ class GenerationStats:
     retrieval_nodes: list[int] = field(default_factory=list)
     accepted_from_retrieval: list[int] = field(default_factory=list)
     predicted_ms: list[float] = field(default_factory=list)
+    # per round (accepted, [deepest node, retrieval nodes?, of them accepted?] on the device), read by `finish()`
+    pending: list = field(default_factory=list, repr=False, compare=False)
 
     def add_prefill(self, seconds: float) -> None:
         self.prefill_seconds += seconds
 
     def add_round(self, accepted: int, emitted: int, draft_s: float, verify_s: float, tree, path=None) -> None:
-        """One verification round; `path` (accepted slots, root first) attributes accepted tokens to their source."""
+        """One verification round; `path` (accepted slots, root first) attributes accepted tokens to their source.
+
+        No host sync: the position and retrieval counters of the round are filled in by `finish()`.
+        """
         source = getattr(tree, "source", None)  # per node: 0 = head, 1 = retrieval (retrieval.MergedTree)
-        if source is None or path is None or not source.numel():
-            self.retrieval_nodes.append(0)
-            self.accepted_from_retrieval.append(0)
-        else:
-            nodes, taken = torch.stack([source.sum(), source[path[1:] - 1].sum()]).tolist()  # one host sync
-            self.retrieval_nodes.append(nodes)
-            self.accepted_from_retrieval.append(taken)
+        pending = [tree.depth.max()] if tree.num_nodes else [tree.depth.new_zeros(())]  # deepest node
+        if source is not None and path is not None and source.numel():
+            pending += [source.sum(), source[path[1:] - 1].sum()]  # retrieval nodes, of them accepted
+        self.pending.append((accepted, torch.stack(pending)))
         self.accepted_lengths.append(accepted)
         self.new_tokens_per_round.append(emitted)
         self.draft_seconds.append(draft_s)
         self.verify_seconds.append(verify_s)
         self.tree_sizes.append(tree.num_nodes)
-        depth = tree.max_depth
-        while len(self.position_trials) < depth:
-            self.position_trials.append(0)
-            self.position_accepts.append(0)
-        for p in range(depth):
-            self.position_trials[p] += 1
-            self.position_accepts[p] += int(p < accepted)
+
+    def finish(self) -> None:
+        """Read the pending per-round counters (one host sync); the decoding loop calls it once at the end."""
+        pending, self.pending = self.pending, []
+        values = iter(torch.cat([v for _, v in pending]).tolist() if pending else ())
+        for accepted, v in pending:
+            depth, (nodes, taken) = next(values), ((next(values), next(values)) if v.shape[0] == 3 else (0, 0))
+            self.retrieval_nodes.append(nodes)
+            self.accepted_from_retrieval.append(taken)
+            while len(self.position_trials) < depth:
+                self.position_trials.append(0)
+                self.position_accepts.append(0)
+            for p in range(depth):
+                self.position_trials[p] += 1
+                self.position_accepts[p] += int(p < accepted)
 
     @property
     def num_rounds(self) -> int:
@@ -97,10 +108,12 @@ class GenerationStats:
     @property
     def accepted_from_head(self) -> list[int]:
         """Per round, accepted drafted tokens that were head nodes."""
+        self.finish()
         return [a - r for a, r in zip(self.accepted_lengths, self.accepted_from_retrieval)]
 
     @property
     def acceptance_per_position(self) -> list[float]:
+        self.finish()
         return [a / t if t else 0.0 for a, t in zip(self.position_accepts, self.position_trials)]
 
     # standalone: omit (reporting only)
@@ -113,6 +126,7 @@ class GenerationStats:
 
     # standalone: omit (reporting only)
     def summary(self) -> dict[str, Any]:
+        self.finish()
         rounds = max(self.num_rounds, 1)
         return {
             "rounds": self.num_rounds,

@@ -32,15 +32,8 @@ from transformers.generation.logits_process import (
 from .tree import DraftTree
 
 # Processors whose output depends on the scores only, not on the prefix: safe to apply to all slots at once.
-ROW_WISE_PROCESSORS = (
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-    MinPLogitsWarper,
-    TypicalLogitsWarper,
-    EpsilonLogitsWarper,
-    EtaLogitsWarper,
-)
+ROW_WISE_PROCESSORS = (TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, MinPLogitsWarper, TypicalLogitsWarper,
+                       EpsilonLogitsWarper, EtaLogitsWarper)
 
 
 def slot_prefixes(context_ids: torch.LongTensor, tree: DraftTree) -> list[torch.LongTensor]:
@@ -103,9 +96,9 @@ def accept(tree: DraftTree, choices: torch.LongTensor) -> Acceptance:
     matched = torch.cat([matched.new_ones(1), matched])  # the root is always accepted
     ok = ~(tree.ancestors & ~matched[None, :]).any(dim=-1)  # [T + 1]: every slot on the path matched
     depth = torch.cat([tree.depth.new_zeros(1), tree.depth])
-    best = torch.where(ok, depth, -1).argmax()
-    path = torch.nonzero(tree.ancestors[best]).flatten()  # ancestors precede descendants
-    return Acceptance(path=path, bonus=choices[best])
+    best = torch.where(ok, depth, -1).argmax(dim=0, keepdim=True)  # [1]: indexing with a 0-dim tensor would sync
+    path = torch.nonzero(tree.ancestors.index_select(0, best)[0]).flatten()  # the one host sync (path length)
+    return Acceptance(path=path, bonus=choices.index_select(0, best)[0])  # ancestors precede descendants
 
 
 __all__ = ["ROW_WISE_PROCESSORS", "process_tree_scores", "target_choices", "accept", "Acceptance", "slot_prefixes"]
