@@ -2,6 +2,7 @@
 # Issue 13 items 2, 4, 5: the long EAGLE-2 / FSPAD pair on ~10x today's data, milestones for the learning curve.
 #
 #   bash scripts/long_runs.sh features    # offline bf16 features: all-turn ShareGPT windows + self-distilled answers
+#   CORE=1 bash scripts/long_runs.sh features distilled,a   # only these feature sets, one after another, on core 1
 #   bash scripts/long_runs.sh train       # EAGLE-2 and FSPAD, same data / steps / seed, one core each, niced
 #   bash scripts/long_runs.sh milestones  # held-out tau of every saved milestone (fp32, static 8/3/4) -> curve
 #   bash scripts/long_runs.sh curve       # benchmarks/results/learning-curve-smollm2/{curve.md,curve.png}
@@ -23,29 +24,48 @@ STEP=${1:-all}
 STEPS=${STEPS:-12000}
 MILESTONE=${MILESTONE:-1500}
 RECIPE=${RECIPE:-}
-SHAREGPT=${SHAREGPT:-sharegpt:0-17000}  # conversations >= 17000 are the held-out questions
+# ShareGPT all-turn windows: 500 conversations give ~1.1M tokens (~2,600 windows of <=448 tokens, half of them
+# loss tokens; measured on conversations 0-499 and 3000-3499), so 0-4500 is ~9.7M tokens, plus ~0.74M distilled.
+# Two halves so that each core extracts one. Conversations >= 17000 are the held-out questions: never here.
+SHAREGPT_A=${SHAREGPT_A:-sharegpt:0-2250}
+SHAREGPT_B=${SHAREGPT_B:-sharegpt:2250-4500}
 DISTILLED=${DISTILLED:-data/smollm2/distilled.jsonl}
 T=(--target smollm2 --target_dtype bfloat16)
-FEAT_S=runs/long-feat-sharegpt FEAT_D=runs/long-feat-distilled
+FEAT_A=runs/long-feat-sharegpt-a FEAT_B=runs/long-feat-sharegpt-b FEAT_D=runs/long-feat-distilled
+FEATURES="$FEAT_D/features,$FEAT_A/features,$FEAT_B/features"
 OUT=benchmarks/results/learning-curve-smollm2
 mkdir -p runs/logs runs/long "$OUT"
 pin() { local core=$1; shift; OMP_NUM_THREADS=1 nice -n 10 taskset -c "$core" "$@"; }
 
+extract() {  # extract SET CORE: one feature set (resumes: shards already written and hash-checked are kept)
+  local set=$1 core=$2 out data extra=()
+  case $set in
+    distilled) out=$FEAT_D data=$DISTILLED ;;
+    a) out=$FEAT_A data=$SHAREGPT_A extra=(--all_turns) ;;
+    b) out=$FEAT_B data=$SHAREGPT_B extra=(--all_turns) ;;
+    *) echo "unknown feature set $set (distilled, a, b)" >&2; return 2 ;;
+  esac
+  echo "[features] $set -> $out on core $core $(date +%T)"
+  pin "$core" fspad-hf prepare "${T[@]}" --max_length 448 --features "${extra[@]}" --data "$data" \
+    --output_dir "$out" >> "runs/logs/long-features-$set.log" 2>&1
+  echo "[features] $set done $(date +%T)"; du -sh "$out/features"
+}
 if [[ $STEP == features || $STEP == all ]]; then
   df -h . | tail -1
-  # every assistant turn, with its context (448-token windows; --all_turns), and the distilled answers
-  pin 0 fspad-hf prepare "${T[@]}" --max_length 448 --features --all_turns --data "$SHAREGPT" \
-    --output_dir "$FEAT_S" > runs/logs/long-features-sharegpt.log 2>&1 &
-  pin 1 fspad-hf prepare "${T[@]}" --max_length 448 --features --data "$DISTILLED" \
-    --output_dir "$FEAT_D" > runs/logs/long-features-distilled.log 2>&1 &
-  wait
-  du -sh "$FEAT_S/features" "$FEAT_D/features"
+  if [[ -n ${2:-} ]]; then  # the named sets, in order, on $CORE
+    IFS=, read -ra sets <<< "$2"
+    for set in "${sets[@]}"; do extract "$set" "${CORE:-0}"; done
+  else
+    { extract distilled 0 && extract a 0; } &
+    extract b 1 &
+    wait
+  fi
 fi
 
 train_one() {  # train_one METHOD CORE
   local method=$1 core=$2 out=runs/long/$1
   # shellcheck disable=SC2086  # RECIPE is a list of options
-  pin "$core" fspad-hf train "${T[@]}" --features_dir "$FEAT_D/features,$FEAT_S/features" --method "$method" \
+  pin "$core" fspad-hf train "${T[@]}" --features_dir "$FEATURES" --method "$method" \
     --draft_vocab_size 8192 --per_device_train_batch_size 4 --learning_rate 5e-4 \
     --lr_scheduler_type constant_with_warmup --warmup_steps 100 --save_steps "$MILESTONE" --save_total_limit 100 \
     --logging_steps 50 --eval_fraction 0.005 --eval_strategy steps --eval_steps "$MILESTONE" --eval_unroll_steps 3 \

@@ -45,6 +45,24 @@ ARCHS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _private_cost_tables(request, tmp_path_factory, monkeypatch):
+    """The adaptive policy (the default) measures cost tables at first use: in tests they go to a private
+    folder, never to (or from) the user's cache. test_cost_model.py checks the cache location itself."""
+    if request.module.__name__.endswith("test_cost_model"):
+        return
+    from fspad_hf.decoding.cost_model import CostModel
+
+    folder = tmp_path_factory.getbasetemp() / "cost-tables"
+    original = CostModel.for_target.__func__
+
+    def for_target(cls, target, head=None, **kwargs):
+        kwargs.setdefault("cache_dir", folder)
+        return original(cls, target, head, **kwargs)
+
+    monkeypatch.setattr(CostModel, "for_target", classmethod(for_target))
+
+
 def make_target(arch: str = "llama", seed: int = 0, attn: str = "sdpa", dtype=torch.float32, **overrides):
     config_cls, model_cls, extra = ARCHS[arch]
     torch.manual_seed(seed)

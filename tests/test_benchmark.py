@@ -155,8 +155,15 @@ def test_bench_suffixes_and_head_free_retrieval(tmp_path):
     from fspad_hf.decoding.generation import tree_generate
     from fspad_hf.decoding.settings import TreeSettings
 
+    shape = {"tree_total_tokens": 8, "tree_depth": 3, "tree_top_k": 4}
+    # @T,D,K: the static tree without retrieval (not the head's adaptive + retrieval defaults) ...
+    assert TreeSettings.parse_suffix("h@8,3,4") == ("h", {**shape, "tree_policy": "static", "retrieval_branches": 0})
+    # ... unless the suffix asks for them
     assert TreeSettings.parse_suffix("h@8,3,4+retrieval2") == (
-        "h", {"tree_total_tokens": 8, "tree_depth": 3, "tree_top_k": 4, "retrieval_branches": 2})
+        "h", {**shape, "tree_policy": "static", "retrieval_branches": 2})
+    assert TreeSettings.parse_suffix("h@8,3,4+adaptive") == (
+        "h", {**shape, "tree_policy": "adaptive", "retrieval_branches": 0})
+    assert TreeSettings.parse_suffix("h") == ("h", {})  # the head's defaults
     assert TreeSettings.parse_suffix("h+retrieval") == ("h", {"retrieval_branches": 4})
     assert TreeSettings.parse_suffix("h+retrieval2+adaptive") == ("h", {"retrieval_branches": 2, "tree_policy": "adaptive"})
     with pytest.raises(ValueError, match="unknown suffix"):

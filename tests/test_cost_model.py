@@ -67,8 +67,13 @@ def test_contexts_are_cropped_to_the_position_limit():
     target = make_target("llama", max_position_embeddings=128)
     table = cost_model.measure_verify(target, ks=(1, 8), contexts=(32, 512, 1024), reps=1, min_reps=1)
     assert table.contexts == [32, 120] and table.grid == [1, 8]
+    # a small model: the grid stops at half its positions, the contexts leave room for the largest k
+    small = cost_model.measure_verify(make_target("llama", max_position_embeddings=60), ks=(1, 8, 64), contexts=(16, 512),
+                                      reps=1, min_reps=1)
+    assert small.grid == [1, 8] and small.contexts == [16, 52]
+    assert CostModel(small).verify_ms(64, 16) == CostModel(small).verify_ms(8, 16)  # constant past the grid
     with pytest.raises(ValueError, match="do not fit"):
-        cost_model.measure_verify(make_target("llama", max_position_embeddings=60), ks=(1, 64), contexts=(16,), reps=1)
+        cost_model.measure_verify(make_target("llama", max_position_embeddings=1), ks=(1,), contexts=(16,), reps=1)
 
 
 def test_interpolation_exact_at_grid_points_linear_between():

@@ -318,3 +318,12 @@ def test_clear_errors_for_bad_heads_and_targets(tmp_path, target):
         load_eagle3(tmp_path / "nbr", target=target)
     with pytest.raises(ValueError, match=r"width 64, expected 3 x 32"):
         head(input_ids=torch.zeros(1, 2, dtype=torch.long), hidden_states=torch.randn(1, 2, 64))
+
+
+def test_trainer_refuses_eagle3_heads(tmp_path, target):
+    from fspad_hf import FSPADTrainer
+
+    write_eagle3(tmp_path / "src", target, seed=0)
+    head = load_eagle3(tmp_path / "src", target=target)
+    with pytest.raises(NotImplementedError, match="fuses target layers"):
+        FSPADTrainer(model=head, target=target)

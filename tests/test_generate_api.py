@@ -36,7 +36,8 @@ def test_custom_generate_route_without_patch_semantics(pair):
 
 def test_per_call_tree_settings_and_stats(pair):
     target, head = pair
-    target.generate(IDS, assistant_model=head, max_new_tokens=15, do_sample=False, tree_total_tokens=5, tree_depth=2, tree_top_k=2)
+    target.generate(IDS, assistant_model=head, max_new_tokens=15, do_sample=False, tree_total_tokens=5, tree_depth=2,
+                    tree_top_k=2, tree_policy="static", retrieval_branches=0)
     stats = head.last_generation_stats
     assert max(stats.tree_sizes) <= 5 and len(stats.acceptance_per_position) <= 2
     assert stats.settings.total_tokens == 5 and stats.settings.top_k == 2
@@ -44,7 +45,8 @@ def test_per_call_tree_settings_and_stats(pair):
     assert summary["new_tokens"] == 15 and summary["target_forwards"] == stats.num_rounds + 1
     assert summary["tau"] >= 1.0 and summary["draft_ms_per_round"] > 0
     target.generate(IDS, assistant_model=head, max_new_tokens=15, do_sample=False)
-    assert head.last_generation_stats.settings.total_tokens == 10  # back to the head's config
+    settings = head.last_generation_stats.settings  # back to the head's config: adaptive + retrieval by default
+    assert (settings.total_tokens, settings.policy, settings.retrieval_branches) == (10, "adaptive", 4)
 
 
 def test_return_dict_scores_match_plain(pair):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fspad_hf import FSPADDraftModel
+from fspad_hf.decoding.cost_model import MAX_K
 from fspad_hf.decoding.generation import run_tree_decoding
 from fspad_hf.decoding.stats import GenerationStats
 from tests.conftest import ARCHS, OracleDrafter, make_target
@@ -29,7 +30,7 @@ def oracle_generate(target, ids, oracle, **kwargs) -> tuple[torch.LongTensor, Ge
     return target.generate(ids, custom_generate=decode, **kwargs), stats
 
 
-def check_stats(stats: GenerationStats, n_generated: int, max_depth: int, max_nodes: int) -> None:
+def check_stats(stats: GenerationStats, n_generated: int, max_depth: int, max_nodes: int, min_nodes: int = 1) -> None:
     """Counters of one call agree with its output and with the tree limits (any drafter)."""
     rounds = stats.num_rounds
     acc, new = stats.accepted_lengths, stats.new_tokens_per_round
@@ -39,10 +40,11 @@ def check_stats(stats: GenerationStats, n_generated: int, max_depth: int, max_no
     # every round emits its accepted tokens + the bonus; only the last one can be cut (max_new_tokens / EOS)
     assert new[:-1] == [a + 1 for a in acc[:-1]], (acc, new)
     assert not rounds or 1 <= new[-1] <= acc[-1] + 1, (acc, new)
-    assert all(1 <= t <= max_nodes for t in stats.tree_sizes), stats.tree_sizes
+    assert all(min_nodes <= t <= max_nodes for t in stats.tree_sizes), stats.tree_sizes
     trials = stats.position_trials
     assert len(trials) <= max_depth and len(stats.position_accepts) == len(trials)
-    assert trials == sorted(trials, reverse=True) and (not rounds or trials[0] == rounds), trials
+    drafted = sum(t > 0 for t in stats.tree_sizes)  # a plain step (0 nodes) has no depth-1 trial
+    assert trials == sorted(trials, reverse=True) and (not drafted or trials[0] == drafted), trials
     # a round accepting a tokens counts as an accept at depths 1..a
     assert stats.position_accepts == [sum(a > p for a in acc) for p in range(len(trials))], stats.position_accepts
     assert stats.mean_accepted_length == ((sum(acc) + rounds) / rounds if rounds else 0.0)
@@ -50,11 +52,23 @@ def check_stats(stats: GenerationStats, n_generated: int, max_depth: int, max_no
 
 
 def check_head_stats(head, ids, out, total: int, depth: int, top_k: int) -> None:
-    """The head's stats of its last call: that call's prompt, tree shape and counters."""
+    """The head's stats of its last call: that call's prompt, tree shape and counters. Retrieval paths reach
+    `retrieval_length` deep and add their nodes; the adaptive policy verifies 0 (a plain step) to 63 nodes."""
     stats = head.last_generation_stats
+    s = stats.settings
     assert stats.prompt_length == ids.shape[1]
-    assert (stats.settings.total_tokens, stats.settings.depth, stats.settings.top_k) == (total, depth, top_k)
-    check_stats(stats, out.shape[1] - ids.shape[1], depth, total)
+    assert (s.total_tokens, s.depth, s.top_k) == (total, depth, top_k)
+    if s.retrieval_branches:
+        depth, total = max(depth, s.retrieval_length), total + s.retrieval_branches * s.retrieval_length
+    if s.policy == "adaptive":
+        assert len(stats.predicted_ms) == stats.num_rounds
+        check_stats(stats, out.shape[1] - ids.shape[1], depth, MAX_K - 1, min_nodes=0)
+    else:
+        check_stats(stats, out.shape[1] - ids.shape[1], depth, total)
+
+
+STATIC = {"tree_policy": "static", "retrieval_branches": 0}  # the head's fixed tree, nothing else
+SETTINGS = {"static": STATIC, "default": {}}  # default: the head config's (adaptive policy + retrieval)
 
 
 def check_oracle_stats(stats: GenerationStats, n_generated: int) -> None:
@@ -72,15 +86,16 @@ def check_oracle_stats(stats: GenerationStats, n_generated: int) -> None:
     assert stats.position_accepts == ([rounds] * ORACLE_DEPTH + [0] if rounds else [])
 
 
+@pytest.mark.parametrize("settings", sorted(SETTINGS))
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_random_head_identical_across_archs(arch, attn):
+def test_random_head_identical_across_archs(arch, attn, settings):
     target = make_target(arch, seed=1, attn=attn)
     head = FSPADDraftModel.from_target(target, tree_total_tokens=12, tree_depth=4, tree_top_k=4)
     for seed, length in [(0, 1), (1, 7), (2, 40)]:  # 40 > gemma3/mistral sliding windows
         ids = _prompt(seed, length)
         ref = target.generate(ids, max_new_tokens=30, do_sample=False)
-        out = target.generate(ids, assistant_model=head, max_new_tokens=30, do_sample=False)
+        out = target.generate(ids, assistant_model=head, max_new_tokens=30, do_sample=False, **SETTINGS[settings])
         assert torch.equal(out, ref), f"{arch}/{attn} prompt {seed}: tree output differs from plain generate"
         check_head_stats(head, ids, out, total=12, depth=4, top_k=4)
 
@@ -95,9 +110,10 @@ def test_head_variants_identical(fs, pad, layers):
     for seed in range(4):
         ids = _prompt(10 + seed, 5 + 3 * seed)
         ref = target.generate(ids, max_new_tokens=25, do_sample=False)
-        out = target.generate(ids, assistant_model=head, max_new_tokens=25, do_sample=False)
-        assert torch.equal(out, ref)
-        check_head_stats(head, ids, out, total=16, depth=5, top_k=4)
+        for settings in SETTINGS.values():
+            out = target.generate(ids, assistant_model=head, max_new_tokens=25, do_sample=False, **settings)
+            assert torch.equal(out, ref)
+            check_head_stats(head, ids, out, total=16, depth=5, top_k=4)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

@@ -1,6 +1,7 @@
 """The adaptive tree policy (decoding/policy.py): the pure choice, acceptance estimates and pruning, online
 calibration, and lossless decoding priced by hand-built cost tables (no timing involved)."""
 
+import dataclasses
 import math
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 import fspad_hf
 from fspad_hf import FSPADDraftModel
 from fspad_hf.decoding.cost_model import MAX_K, CostModel, CostTable
-from fspad_hf.decoding.policy import Calibration, PolicyParams, acceptance, choose_size, prune
+from fspad_hf.decoding.policy import (
+    Calibration, CostCorrection, PolicyParams, acceptance, choose_size, learned_state, prune,
+)
 from fspad_hf.decoding.retrieval import MergedTree
 from fspad_hf.decoding.settings import TreeSettings
 from fspad_hf.decoding.tree import ancestor_mask
@@ -27,7 +30,7 @@ def cost_model(verify_ms, draft_ms=1.0):
     grid = list(range(1, len(verify_ms) + 1))
     verify = CostTable("verify", grid, [100], [list(verify_ms)], {"kind": "verify"}, 0.0, 1, 0.0)
     draft = CostTable("draft", [1, 64], [100], [[draft_ms, draft_ms]], {"kind": "draft"}, 0.0, 1, 0.0)
-    return CostModel(verify, draft)
+    return CostModel(verify, draft, corrected=False)  # these hypothetical costs are the truth of the test
 
 
 # ------------------------------------------------------------------------------------ the pure choice
@@ -178,10 +181,11 @@ def test_free_verification_verifies_every_candidate():
     head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
     ids = repeated_prompt(2)
     # the static tree of 30 nodes keeps all 3 + 3 * 9 created nodes (the head's own static tree keeps 10)
-    static = target.generate(ids, assistant_model=head, tree_total_tokens=30, max_new_tokens=40)
+    static = target.generate(ids, assistant_model=head, tree_total_tokens=30, max_new_tokens=40, tree_policy="static",
+                             retrieval_branches=0)
     static_sizes = head.last_generation_stats.tree_sizes
     out = target.generate(ids, assistant_model=head, tree_policy="adaptive", cost_model=cost_model((1e-3,), 1e-12),
-                          max_new_tokens=40)
+                          max_new_tokens=40, retrieval_branches=0)
     assert torch.equal(out, static)
     assert head.last_generation_stats.tree_sizes == static_sizes and max(static_sizes) == 30
 
@@ -207,4 +211,52 @@ def test_policy_from_the_head_config_and_the_machine_cost_model(monkeypatch):
         target.generate(ids, assistant_model=head, tree_policy="greedy", max_new_tokens=3)
     with pytest.raises(ValueError, match="tree_policy"):
         FSPADDraftModel.from_target(target, tree_policy="fast")
-    assert TreeSettings.resolve(None).policy == "static"
+    assert TreeSettings.resolve(None).policy == "adaptive"  # head-free decoding: the config defaults too
+
+
+# ------------------------------------------------------------------------------------ measured costs, memory
+def test_cost_correction_learns_scale_offset_and_other_time():
+    fix = CostCorrection(decay=0.5)
+    assert fix.draft_scale() == 1.0 and fix.verify_offset == 0.0 and fix.other_ms == 0.0  # priors
+    fix.update(predicted_draft=10.0, predicted_verify=50.0, draft_ms=20.0, verify_ms=58.0, round_ms=80.0)
+    assert fix.draft_scale() == pytest.approx(2.0)  # the first round replaces the priors
+    assert fix.verify_offset == pytest.approx(8.0) and fix.other_ms == pytest.approx(2.0)
+    for _ in range(40):  # the machine got faster: the EMAs follow
+        fix.update(10.0, 50.0, 5.0, 45.0, 51.0)
+    assert fix.draft_scale() == pytest.approx(0.5, abs=1e-3)
+    assert fix.verify_offset == pytest.approx(-5.0, abs=1e-3) and fix.other_ms == pytest.approx(1.0, abs=1e-3)
+    fix.update(0.0, 50.0, 0.3, 45.0, None)  # a plain step: no draft prediction, no round time
+    assert fix.draft_scale() == pytest.approx(0.5, abs=1e-3) and fix.other_ms == pytest.approx(1.0, abs=1e-3)
+    table = torch.tensor([10.0, 20.0], dtype=torch.float64)
+    fix.verify_offset = -8.0
+    assert fix.verify_curve(table).tolist() == [5.0, 12.0]  # never below half the table
+    fix.draft_measured, fix.draft_predicted = 100.0, 1.0
+    assert fix.draft_scale() == CostCorrection.SCALE_RANGE[1]
+
+
+def test_measured_costs_correct_the_predictions_and_are_remembered():
+    target = make_target("llama", seed=2)
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
+    ids = repeated_prompt(2)
+    ref = target.generate(ids, max_new_tokens=30, do_sample=False)
+    tables = cost_model(MODERATE, 0.5)
+    cm = CostModel(tables.verify, tables.draft)  # corrected (the default): learns from the measured times
+    out = target.generate(ids, assistant_model=head, tree_policy="adaptive", cost_model=cm, max_new_tokens=30)
+    assert torch.equal(out, ref)
+    stats = head.last_generation_stats
+    settings = stats.settings
+    memory = learned_state(target, head, cm, settings)
+    fix = memory["correction"]
+    assert fix.rounds == stats.num_rounds - 1  # every round but the last was compared with its measurement
+    # the tiny model runs in ~1 ms, far below the 10+ ms of the table: the offset went negative
+    assert fix.verify_offset < 0
+    assert stats.predicted_ms[0] >= 10.0  # the first round had only the table
+    calibration = memory["calibration"]
+    learned = calibration.head_acc.clone()
+    assert not torch.equal(learned, torch.ones_like(learned))  # the head's acceptance was learned
+    # a second call starts from what the first learned (same objects), not from the priors
+    target.generate(ids, assistant_model=head, tree_policy="adaptive", cost_model=cm, max_new_tokens=30)
+    assert learned_state(target, head, cm, settings)["calibration"] is calibration and fix.rounds > stats.num_rounds
+    other = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
+    assert learned_state(target, other, cm, settings) == {}  # per head ...
+    assert learned_state(target, head, cm, dataclasses.replace(settings, retrieval_branches=2)) == {}  # ... and settings

@@ -203,8 +203,8 @@ def test_retrieval_drafter_indexes_only_new_tokens():
 
 # ------------------------------------------------------------------------------------ settings
 def test_settings_and_config_defaults():
-    cfg = FSPADConfig()
-    assert cfg.retrieval_branches == 0 and cfg.retrieval_length == 8
+    cfg = FSPADConfig()  # the default: the adaptive policy with 4 retrieval branches
+    assert cfg.retrieval_branches == 4 and cfg.retrieval_length == 8 and cfg.tree_policy == "adaptive"
     s = TreeSettings.resolve(None, retrieval_branches=3)
     assert (s.retrieval_branches, s.retrieval_length, s.depth) == (3, 8, cfg.tree_depth)
     assert TreeSettings(12, 4, 3).retrieval_branches == 0
@@ -276,7 +276,7 @@ def test_merged_tree_greedy_identity(arch, seed):
 def test_without_retrieval_nothing_is_attributed_to_it(repeating):
     target, ids, ref = repeating
     head = FSPADDraftModel.from_target(target, tree_total_tokens=6, tree_depth=3, tree_top_k=2)
-    out = target.generate(ids, assistant_model=head, max_new_tokens=20)
+    out = target.generate(ids, assistant_model=head, max_new_tokens=20, retrieval_branches=0)
     assert torch.equal(out, ref[:, : ids.shape[1] + 20])
     assert set(head.last_generation_stats.accepted_from_retrieval) == {0}
 

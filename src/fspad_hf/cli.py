@@ -256,9 +256,11 @@ def _bench_parser():
     p.add_argument("--target", default="smollm2", help="smollm2, qwen-coder-0.5b, gemma3-270m, or a model path")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="dtype of every method")
     p.add_argument("--head", action="append", default=[], metavar="[NAME=]PATH",
-                   help="a draft head (repeat for several); NAME defaults to the folder name; 'shipped' = bundled heads; "
-                        "an @T,D,K suffix sets that entry's tree (total tokens, depth, top-k) and +retrieval[N] merges "
-                        "N retrieved continuations into it, so one head can run under several settings in one run")
+                   help="a draft head (repeat for several); NAME defaults to the folder name; 'shipped' = bundled heads. "
+                        "Without a suffix the head runs with its defaults (the adaptive policy with retrieval branches); "
+                        "an @T,D,K suffix runs the static tree T,D,K (total tokens, depth, top-k) without retrieval, "
+                        "+retrieval[N] merges N retrieved continuations into it and +adaptive turns the policy on, "
+                        "so one head can run under several settings in one run")
     p.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl", help="Spec-Bench-format JSONL")
     p.add_argument("--per_category", type=int, default=None, help="first N questions of each category")
     p.add_argument("--categories", default=None, help="comma-separated categories to keep")
@@ -303,6 +305,26 @@ def _heads(specs: list[str], target, tokenizer, dtype) -> dict[str, tuple]:
     return loaded
 
 
+def _bench_cost_tables(target, methods) -> str | None:
+    """Calibrate (or load) the cost tables the adaptive methods will use, before anything is timed; their
+    Markdown goes into the results (None when no method is adaptive)."""
+    from .decoding.cost_model import CostModel
+    from .decoding.settings import ALL_KEYWORDS, TreeSettings
+
+    tables = {}
+    for m in methods:
+        head = m.generate_kwargs.get("assistant_model")
+        if head is None and m.generate_kwargs.get("custom_generate") is None:
+            continue  # plain generate() or prompt lookup
+        chosen = {kw: v for kw, v in m.generate_kwargs.items() if kw in ALL_KEYWORDS}
+        if TreeSettings.resolve(head.config if head is not None else None, **chosen).policy != "adaptive":
+            continue
+        key = id(head)
+        if key not in tables:
+            tables[key] = CostModel.for_target(target, head).to_markdown()
+    return "\n\n".join(tables.values()) if tables else None
+
+
 def cmd_bench(argv: list[str]) -> None:
     """Benchmark methods on Spec-Bench questions; writes JSON, a Markdown table and plots."""
     from .decoding.settings import KEYWORDS
@@ -325,7 +347,8 @@ def cmd_bench(argv: list[str]) -> None:
 
         methods.append(Method("retrieval", {"custom_generate": tree_generate, "retrieval_branches": a.retrieval}))
     config = {"target": a.target, "dtype": a.dtype, "question_file": a.questions, "per_category": a.per_category,
-              "heads": a.head, "tree": tree}
+              "heads": a.head, "tree": tree, "threads": torch.get_num_threads(),
+              "cost_tables": _bench_cost_tables(target, methods)}
     summary = run_benchmark(target, tokenizer, methods, questions, a.output, a.max_new_tokens, a.temperature, config)
     if not a.no_plots:
         try:

@@ -12,20 +12,17 @@ fixed tree can absorb, see issue 12):
   does), on top of a `context`-entry head cache. A round's context pass (`_consume`) over the c = 1 +
   accepted new entries costs about one level of width c.
 
-Calibration: a grid of k (default 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) at a few context lengths
-(default 128, 512, 1024, cropped to the model's position limit). Each repetition runs every (context,
-k) point once, interleaved, in alternating order, so background load affects all points alike; the
-table holds the median per point, all samples, and the load average at the time. The context caches are filled with random keys/values of the right
-shapes instead of a prefill: attention costs depend on shapes only, and a 1024-token prefill in bf16
-on a CPU without bf16 instructions would cost more than the whole calibration. A soft time budget
-(`max_seconds`, default 30 s per target table, 10 s per draft table) stops starting new repetitions
-once it would be exceeded (at least `min_reps` = 2 are run, unless the first alone overran the budget);
-warm-up is one untimed pass over the grid at the smallest context.
+Calibration: a grid of k (default 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64; at most half the model's
+positions) at a few contexts (default 128, 512, 1024, cropped to fit). Each repetition runs every
+point once, interleaved, in alternating order, so background load hits all points alike; the table
+holds the median per point, the samples and the load average. Context caches hold random keys/values
+of the right shapes instead of a prefill (attention costs depend on shapes only). A soft budget
+(`max_seconds`: 30 s per target table, 10 s per draft table) stops new repetitions once exceeded (at
+least `min_reps` = 2 unless the first overran it); warm-up is one untimed pass at the smallest context.
 
-Interpolation: piecewise linear in k between grid points (exact at grid points), linear in context
-between grid contexts; below the smallest context the smallest is used, above the largest the last
-segment is extrapolated (slope clamped at >= 0). Tables are not forced monotone in k: on some CPUs a
-2-token forward really costs more than a 4-token one (MKL switches kernels).
+Interpolation: piecewise linear in k (exact at grid points), linear in context (the smallest below
+it, the last segment extrapolated above, slope >= 0). Tables are not forced monotone in k: on some
+CPUs a 2-token forward really costs more than a 4-token one (MKL switches kernels).
 
 Cache: `<root>/costs/<key>.json`, root = `$FSPAD_HF_CACHE`, else `$XDG_CACHE_HOME/fspad_hf`, else
 `~/.cache/fspad_hf`. The key covers device, CPU model and features, dtype, torch threads, torch and
@@ -249,6 +246,12 @@ def _contexts_for(limit: int | None, contexts, largest: int) -> list[int]:
     return out
 
 
+def _fit(limit: int | None, contexts, grid: list[int]) -> tuple[list[int], list[int]]:
+    """Grid points up to half the model's positions (costs stay constant past the grid), contexts that fit."""
+    grid = [g for g in grid if not limit or g <= max(1, limit // 2)]
+    return grid, _contexts_for(limit, contexts, grid[-1])
+
+
 def _run_grid(points: list[tuple[int, int]], run, device, reps: int, min_reps: int, warmup: int,
               max_seconds: float | None) -> tuple[dict, int]:
     """Time `run(i_context, g)` for every point, interleaved, alternating order; -> ({point: [ms]}, reps done)."""
@@ -295,7 +298,7 @@ def measure_verify(target, ks=DEFAULT_KS, contexts=DEFAULT_CONTEXTS, reps: int =
     t0 = time.perf_counter()
     grid = sorted({_check_k(int(k)) for k in ks} | {1})
     cfg = text_config_of(target)
-    contexts = _contexts_for(getattr(cfg, "max_position_embeddings", None), contexts, grid[-1])
+    grid, contexts = _fit(getattr(cfg, "max_position_embeddings", None), contexts, grid)
     device, dtype = next(target.parameters()).device, next(target.parameters()).dtype
     gen = torch.Generator().manual_seed(seed)
     vocab = cfg.vocab_size
@@ -338,7 +341,7 @@ def measure_draft(head, target, widths=DEFAULT_WIDTHS, contexts=DEFAULT_CONTEXTS
 
     t0 = time.perf_counter()
     grid = sorted({_check_k(int(w), "width") for w in widths} | {1})
-    contexts = _contexts_for(getattr(text_config_of(target), "max_position_embeddings", None), contexts, grid[-1])
+    grid, contexts = _fit(getattr(text_config_of(target), "max_position_embeddings", None), contexts, grid)
     param = next(head.parameters())
     device, dtype, hidden = param.device, param.dtype, head.config.hidden_size
     gen = torch.Generator().manual_seed(seed)
@@ -382,17 +385,17 @@ class CostModel:
     """Costs in ms on this machine: `verify_ms(k, context)`, `verify_curve(context)`, `draft_level_ms(width)`.
 
     Build it with `CostModel.for_target(target, head)` (cached on disk, recalibrated when stale or when
-    the machine key changed), or from tables / JSON.
+    the machine key changed), or from tables / JSON. `corrected`: the adaptive policy corrects these costs
+    online from measured round times (policy.py rule step 5); False takes them as exact (what-if costs, tests).
     """
 
-    def __init__(self, verify: CostTable, draft: CostTable | None = None, paths: dict | None = None):
+    def __init__(self, verify: CostTable, draft: CostTable | None = None, paths: dict | None = None,
+                 corrected: bool = True):
         if verify.kind != "verify" or (draft is not None and draft.kind != "draft"):
             raise ValueError("CostModel needs a 'verify' table and optionally a 'draft' table")
-        self.verify = verify
-        self.draft = draft
+        self.verify, self.draft, self.corrected = verify, draft, corrected
         self.paths = dict(paths or {})  # kind -> cache file it was loaded from / saved to
 
-    # -- queries ----------------------------------------------------------------------
     def verify_ms(self, k: int, context: float) -> float:
         """ms of one target forward over `k` new tokens (1..64) on a `context`-token cache."""
         return self.verify.value(_check_k(k), _check_context(context))
@@ -413,7 +416,6 @@ class CostModel:
         ctx = self.draft.contexts[len(self.draft.contexts) // 2] if context is None else _check_context(context)
         return self.draft.value(width, ctx)
 
-    # -- serialisation ----------------------------------------------------------------
     def to_dict(self) -> dict:
         return {"verify": self.verify.to_dict(), "draft": None if self.draft is None else self.draft.to_dict()}
 

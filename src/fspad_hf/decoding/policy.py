@@ -26,30 +26,47 @@ The rule, per round:
        rate(T) = (1 + sum_{i <= T} p_i) / (t_draft + t_verify(T + 1)),   T = 0 .. min(candidates, 63),
    t_verify(k) = `CostModel.verify_curve(context)[k - 1]`, t_draft = levels drafted this round x
    `CostModel.draft_level_ms(top_k, context)` (0 when the head drafted nothing). T = 0 verifies the
-   root alone (a plain step). Ties go to the smaller T. `choose_size` is this step alone.
+   root alone (a plain step). Ties go to the smaller T. `choose_size` is this step alone. (All times are
+   the corrected ones of step 5; e is added to t_draft.)
 4. Draft depth. The frontier of level L (the K nodes the drafter would expand) bounds what level
    L + 1 can add: gain_{L+1} = sum over that frontier of min(1, c_{L+1} exp(s)). Level L + 1 pays if
-   gain_{L+1} >= draft_level_ms / t_verify(1) (one level's cost in plain-step tokens). The next round
-   drafts 1 + (the number of leading paying levels), at most `tree_depth`. The decision is read with
-   the round's one host sync (no sync per level), so it lags one round; the deepest drafted level's
-   frontier is always known, so the depth can grow by one level per round.
-5. Plain steps. After `patience` consecutive drafted rounds that chose T = 0, the head drafts nothing
+   gain_{L+1} >= s x draft_level_ms / (t_verify(1) + o + e) (one level's cost in plain-step tokens).
+   The next round drafts 1 + (the number of leading paying levels), at most `tree_depth`. The decision
+   is read with the round's one host sync (no sync per level), so it lags one round; the deepest
+   drafted level's frontier is always known, so the depth can grow by one level per round.
+5. Measured costs. The tables are calibrated apart from decoding (`fspad-hf calibrate`), often on a
+   machine busier or quieter than now, and they price the target forward alone. Each round therefore
+   compares what it predicted with what the loop measured (`GenerationStats.draft_seconds`,
+   `verify_seconds`, and the wall time between two `draft` calls) and keeps three EMAs (weight `decay`):
+   the draft scale s = EMA(measured draft ms) / EMA(predicted draft ms) (clipped to 0.25..4), the
+   verification offset o = EMA(measured verify ms - t_verify(T + 1)) (mask, acceptance and cache
+   compaction included; the corrected curve is kept >= half the table), and the other time per round
+   e = EMA(round ms - draft ms - verify ms) (emitting tokens, statistics, the next round's bookkeeping).
+   Steps 3 and 4 use t_draft = s x levels x draft_level_ms, t_verify(k) + o, and add e to every round.
+6. Plain steps. After `patience` consecutive drafted rounds that chose T = 0, the head drafts nothing
    (retrieval candidates, cheap, are still offered and priced) except one probe round every
    `probe_every` rounds; a probe that chooses T > 0 resumes drafting, so a change of text (a
    copy-heavy passage, an easy stretch) is noticed.
 
+Memory across calls: what steps 2 and 5 learned is kept per (target, head, settings, cost table)
+while the target lives (`learned_state`), so a new `generate()` call starts from it instead of the
+priors (a short answer is otherwise spent warming up); a new kind of text moves the EMAs within a few
+rounds.
+
 Parameters (`PolicyParams`): decay 0.9, c_min 0.05, c_max 2.0, r_min 0.05, retrieval_prior 0.5,
-patience 3, probe_every 8.
+patience 3, probe_every 8; the cost EMAs of step 5 use `cost_decay` 0.8.
 
 Lossless: pruning keeps an ancestor-closed subset of a tree whose siblings are distinct, chosen from
 the draft and past rounds only, so `verification.accept` (greedy identity, the sampling law) is
 unchanged. Stats: `GenerationStats.tree_sizes` holds T, `predicted_ms` the predicted round time
-(t_draft + t_verify(T + 1)) next to the measured `draft_seconds + verify_seconds`.
+(corrected t_draft + t_verify(T + 1) + o) next to the measured `draft_seconds + verify_seconds`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -69,10 +86,11 @@ class PolicyParams:
     retrieval_prior: float = 0.5
     patience: int = 3  # drafted rounds choosing T = 0 before the head stops drafting
     probe_every: int = 8  # while not drafting, draft once every this many rounds
+    cost_decay: float = 0.8  # EMA weight of the past for the measured-cost corrections (rule step 5)
 
     def __post_init__(self):
-        if not 0.0 <= self.decay < 1.0 or not 0.0 < self.c_min <= self.c_max or not 0.0 < self.r_min <= 1.0:
-            raise ValueError(f"PolicyParams needs 0 <= decay < 1, 0 < c_min <= c_max and 0 < r_min <= 1: {self}")
+        if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.cost_decay < 1.0 or not 0.0 < self.c_min <= self.c_max or not 0.0 < self.r_min <= 1.0:
+            raise ValueError(f"PolicyParams needs 0 <= decay, cost_decay < 1, 0 < c_min <= c_max and 0 < r_min <= 1: {self}")
         if self.patience < 1 or self.probe_every < 1:
             raise ValueError(f"PolicyParams needs patience >= 1 and probe_every >= 1: {self}")
 
@@ -154,6 +172,62 @@ class Calibration:
             state.copy_(torch.where(seen > 0, decay * state + (1.0 - decay) * value, state))
 
 
+class CostCorrection:
+    """Measured vs predicted round times (rule step 5); plain floats (the times are host measurements)."""
+
+    SCALE_RANGE = (0.25, 4.0)
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.draft_measured = self.draft_predicted = 0.0  # EMAs (ms) over rounds that drafted
+        self.verify_offset = 0.0  # ms added to every verification
+        self.other_ms = 0.0  # ms per round outside drafting and verification
+        self.rounds = 0
+
+    def draft_scale(self) -> float:
+        if self.draft_predicted <= 0.0:
+            return 1.0
+        low, high = self.SCALE_RANGE
+        return min(high, max(low, self.draft_measured / self.draft_predicted))
+
+    def verify_curve(self, curve: torch.Tensor) -> torch.Tensor:
+        """The table's verify curve `[K]` corrected by the measured offset, never below half the table."""
+        return torch.maximum(curve + self.verify_offset, 0.5 * curve)
+
+    def update(self, predicted_draft: float, predicted_verify: float, draft_ms: float, verify_ms: float,
+               round_ms: float | None) -> None:
+        """One round: the table's (uncorrected) predictions and what was measured (`round_ms`: wall time from
+        this round's draft to the next one's, None when unknown)."""
+        w = self.decay if self.rounds else 0.0  # the first round replaces the priors
+
+        def ema(old: float, new: float) -> float:
+            return w * old + (1.0 - w) * new
+
+        if predicted_draft > 0.0:
+            wd = self.decay if self.draft_predicted > 0.0 else 0.0
+            self.draft_measured = wd * self.draft_measured + (1.0 - wd) * draft_ms
+            self.draft_predicted = wd * self.draft_predicted + (1.0 - wd) * predicted_draft
+        self.verify_offset = ema(self.verify_offset, verify_ms - predicted_verify)
+        if round_ms is not None:
+            self.other_ms = ema(self.other_ms, max(0.0, round_ms - draft_ms - verify_ms))
+        self.rounds += 1
+
+
+_MEMORY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # target -> {key: learned state}
+
+
+def learned_state(target, head, cost_model, settings=None) -> dict:
+    """The policy's learned state for this target, head, tree settings and cost table ({} before the first call).
+
+    Kept while `target` lives; keyed by the head's identity (a head created later at the same address
+    inherits it: harmless, only the starting point of the EMAs changes), the settings (with and without
+    retrieval learn different rates) and the cost table files.
+    """
+    per_target = _MEMORY.setdefault(target, {})
+    tables = tuple(sorted((k, str(v)) for k, v in getattr(cost_model, "paths", {}).items()))
+    return per_target.setdefault((None if head is None else id(head), settings, tables), {})
+
+
 # ---------------------------------------------------------------------------- the drafter wrapper
 class AdaptiveDrafter:
     """Drafter of the generation loop with `tree_policy="adaptive"`: the inner drafter's tree, pruned by the rule.
@@ -165,51 +239,70 @@ class AdaptiveDrafter:
     (a `GenerationStats`), to `stats.predicted_ms`.
     """
 
-    def __init__(self, inner, settings, cost_model, params: PolicyParams | None = None, stats=None):
+    def __init__(self, inner, settings, cost_model, params: PolicyParams | None = None, stats=None,
+                 memory: dict | None = None):
         self.inner, self.settings, self.cost, self.stats = inner, settings, cost_model, stats
+        self.memory = {} if memory is None else memory  # learned state shared with later calls (learned_state)
         self.params = params if params is not None else PolicyParams()
         head = inner if hasattr(inner, "frontier_logp") else getattr(inner, "inner", None)
         self.head = head if hasattr(head, "frontier_logp") else None
         if self.head is not None:
             self.head.max_nodes = MAX_K - 1  # every candidate the cost model can price
         self.depths = max(settings.depth, settings.retrieval_length) + 1  # depth + 1: the frontier gain of the last level
-        self.calibration: Calibration | None = None
+        self.calibration: Calibration | None = self.memory.get("calibration")
+        if self.calibration is not None and self.calibration.head_acc.shape[0] != self.depths + 1:
+            self.calibration = None  # another tree depth: start again from the priors
         self.depth_next = settings.depth
         self.idle = 0  # consecutive drafted rounds that chose T = 0
         self.skipping = False
         self.since_probe = 0
         self.predicted_ms: float | None = None
+        self.correction = self.memory.setdefault("correction", CostCorrection(self.params.cost_decay))
         self._last = None  # (depth, raw, is_retrieval) of the verified nodes, for `feedback`
+        self._priced = None  # (table draft ms, table verify ms, start time) of the last round, for step 5
 
     def observe(self, features: torch.Tensor) -> None:
         self.inner.observe(features)
 
+    def _learn_costs(self, now: float) -> None:
+        """Rule step 5: compare the last round's predictions with its measured times (from `stats`)."""
+        st = self.stats
+        if not getattr(self.cost, "corrected", True) or self._priced is None or st is None or not st.draft_seconds or self._priced[3] != len(st.draft_seconds) - 1:
+            return
+        table_draft, table_verify, start, _ = self._priced
+        draft_ms, verify_ms = 1000.0 * st.draft_seconds[-1], 1000.0 * st.verify_seconds[-1]
+        self.correction.update(table_draft, table_verify, draft_ms, verify_ms, 1000.0 * (now - start))
+
     @torch.no_grad()
     def draft(self, input_ids: torch.LongTensor, max_depth: int | None = None):
-        p_ = self.params
+        start = time.perf_counter()
+        self._learn_costs(start)
+        p_, fix = self.params, self.correction
         context = input_ids.shape[1] - 1
-        if self.calibration is None:
-            self.calibration = Calibration(self.depths, p_, input_ids.device)
+        if self.calibration is None or self.calibration.head_acc.device != input_ids.device:
+            self.calibration = self.memory["calibration"] = Calibration(self.depths, p_, input_ids.device)
         drafting = self.head is not None and (not self.skipping or self.since_probe + 1 >= p_.probe_every)
         if self.head is not None:
             self.since_probe = 0 if drafting else self.since_probe + 1
             self.head.skip, self.head.depth_limit = not drafting, self.depth_next
         tree = self.inner.draft(input_ids, max_depth=max_depth)
 
-        curve = self.cost.verify_curve(context)  # CPU float64 [64]
+        table = self.cost.verify_curve(context)  # CPU float64 [64]
+        curve = fix.verify_curve(table)
         levels = self.head.levels if drafting else 0
-        level_ms = self.cost.draft_level_ms(min(self.settings.top_k, 64), context) if levels else 0.0
+        table_level_ms = self.cost.draft_level_ms(min(self.settings.top_k, 64), context) if levels else 0.0
+        level_ms = fix.draft_scale() * table_level_ms
         draft_ms = levels * level_ms
         ratio, rate = self.calibration.head_ratio(), self.calibration.retrieval_rate()
         wanted = []
         if tree.num_nodes:
             p, raw, is_ret = acceptance(tree, ratio, rate)
             order = torch.argsort(p, descending=True, stable=True)
-            wanted.append(choose_size(p[order], curve, draft_ms))
+            wanted.append(choose_size(p[order], curve, draft_ms + fix.other_ms))
         if levels:  # rule step 4: how deep the next round drafts
             frontier = self.head.frontier_logp  # [levels, K]
             gains = (ratio[2 : levels + 2, None] * frontier.double().exp()).clamp(max=1.0).sum(dim=1)
-            pays = (gains >= level_ms / float(curve[0])).long()
+            pays = (gains >= level_ms / (float(curve[0]) + fix.other_ms)).long()
             wanted.append(1 + pays.cumprod(0).sum())
         values = torch.stack(wanted).tolist() if wanted else []  # the round's one host sync
         size = int(values[0]) if tree.num_nodes else 0
@@ -218,6 +311,8 @@ class AdaptiveDrafter:
             self.idle = self.idle + 1 if size == 0 else 0
             self.skipping = self.idle >= p_.patience
         self.predicted_ms = draft_ms + float(curve[size])
+        round_index = len(self.stats.draft_seconds) if self.stats is not None else 0
+        self._priced = (levels * table_level_ms, float(table[size]), start, round_index)
         if self.stats is not None:
             self.stats.predicted_ms.append(self.predicted_ms)
         if not tree.num_nodes:
@@ -233,4 +328,4 @@ class AdaptiveDrafter:
             self.calibration.update(*self._last, path)
 
 
-__all__ = ["AdaptiveDrafter", "Calibration", "PolicyParams", "acceptance", "choose_size", "prune"]
+__all__ = ["AdaptiveDrafter", "Calibration", "CostCorrection", "learned_state", "PolicyParams", "acceptance", "choose_size", "prune"]

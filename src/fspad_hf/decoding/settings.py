@@ -77,10 +77,10 @@ class TreeSettings:
         """`drafter` wrapped in the adaptive policy, priced by this call's cost model or the machine's (cached);
         it records its predicted round times in `stats.predicted_ms`."""
         from .cost_model import CostModel
-        from .policy import AdaptiveDrafter
+        from .policy import AdaptiveDrafter, learned_state
 
         cost = self.cost_model if self.cost_model is not None else CostModel.for_target(target, head)
-        return AdaptiveDrafter(drafter, self, cost, stats=stats)
+        return AdaptiveDrafter(drafter, self, cost, stats=stats, memory=learned_state(target, head, cost, self))
 
     # standalone: omit (the assistant_model route)
     @staticmethod
@@ -93,11 +93,13 @@ class TreeSettings:
     def parse_suffix(spec: str) -> tuple[str, dict]:
         """`PATH[@T,D,K][+retrieval[N]][+adaptive]` -> (PATH, generate() keywords); no suffix -> (PATH, {}).
 
-        `@T,D,K` sets the tree shape (total tokens, depth, top-k); `+retrieval[N]` merges N retrieved
-        continuations into each tree (N defaults to 4); `+adaptive` turns on the adaptive policy.
+        No suffix: the head's own defaults (the adaptive policy with retrieval branches, unless its config
+        says otherwise). `@T,D,K` is the static tree of that shape (total tokens, depth, top-k) without
+        retrieval; `+retrieval[N]` merges N retrieved continuations into each tree (N defaults to 4);
+        `+adaptive` turns on the adaptive policy (the tree shape is then its upper bound).
         """
-        keywords = {}
         spec, *options = spec.split("+")
+        keywords = {"tree_policy": "static", "retrieval_branches": 0} if "@" in spec else {}
         for option in options:
             if option == "adaptive":
                 keywords["tree_policy"] = "adaptive"

@@ -127,6 +127,11 @@ def run_turn(target, tokenizer, method: Method, history, gen_kwargs, counter: Fo
         record["position_trials"] = stats.position_trials
         record["draft_s"] = sum(stats.draft_seconds)
         record["verify_s"] = sum(stats.verify_seconds)
+        record["tree_nodes"] = sum(stats.tree_sizes)
+        if stats.predicted_ms:  # the adaptive policy's predicted round times, next to the measured ones
+            record["predicted_s"] = sum(stats.predicted_ms) / 1000
+            record["predicted_rounds_s"] = sum(d + v for d, v, _ in zip(stats.draft_seconds, stats.verify_seconds,
+                                                                         stats.predicted_ms))
     return record
 
 
@@ -162,6 +167,10 @@ def _agg(records: list[dict], baseline: dict[tuple, dict] | None, greedy: bool) 
         out["accepted_from_retrieval_share"] = from_retrieval / drafts if drafts else 0.0  # of accepted drafted tokens
         out["draft_ms_per_round"] = 1000 * sum(r["draft_s"] for r in records) / max(forwards - len(records), 1)
         out["verify_ms_per_round"] = 1000 * sum(r["verify_s"] for r in records) / max(forwards - len(records), 1)
+        out["tree_nodes_per_round"] = sum(r.get("tree_nodes", 0) for r in records) / max(forwards - len(records), 1)
+        measured = sum(r.get("predicted_rounds_s", 0.0) for r in records)
+        if measured:  # (predicted - measured) / measured round time of the adaptive policy's cost model
+            out["cost_model_error"] = sum(r.get("predicted_s", 0.0) for r in records) / measured - 1.0
         if baseline is not None:  # METHOD.md 6: SR <= tau * t(1) / (t(verify) + t(draft)), t(1) from the baseline
             t1 = 1000 * sum(b["wall_s"] for b in base) / max(sum(b["forwards"] for b in base), 1)
             out["baseline_ms_per_forward"] = t1
@@ -334,14 +343,17 @@ def markdown_table(summary: dict) -> str:
     """Overall table (tau, speed-up, its bound tau * t(1) / (t(draft) + t(verify)), costs, tokens/s,
     identity), per-category speed-ups, and where greedy outputs first diverge."""
     methods = summary["methods"]
-    lines = ["| method | tau | speed-up | bound | draft / verify ms per round | tokens/s | identical |",
-             "|---|---|---|---|---|---|---|"]
+    header = ("| method | tau | speed-up | bound | draft / verify ms per round | nodes per round | cost model error "
+              "| tokens/s | identical |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for name, m in methods.items():
         o = m["overall"]
         ident_s = identical_cell(o)
         bound = f"{o['speedup_bound']:.2f}x" if "speedup_bound" in o else "-"
         cost = f"{o['draft_ms_per_round']:.0f} / {o['verify_ms_per_round']:.0f}" if "draft_ms_per_round" in o else "-"
-        lines.append(f"| {name} | {o['tau']:.2f} | {o.get('speedup', 1.0):.2f}x | {bound} | {cost} | "
+        nodes = f"{o['tree_nodes_per_round']:.1f}" if "tree_nodes_per_round" in o else "-"
+        error = f"{100 * o['cost_model_error']:+.0f}%" if "cost_model_error" in o else "-"
+        lines.append(f"| {name} | {o['tau']:.2f} | {o.get('speedup', 1.0):.2f}x | {bound} | {cost} | {nodes} | {error} | "
                      f"{o['tokens_per_s']:.1f} | {ident_s} |")
     cats = sorted({c for m in methods.values() for c in m["per_category"]})
     lines += ["", "Speed-up (tau) per category:", "", "| category | " + " | ".join(methods) + " |",
@@ -363,6 +375,10 @@ def markdown_table(summary: dict) -> str:
             lines.append(f"- {name}: {d['turns']} questions, max top-2 gap {d['max_top2_gap']:.3f}, max gap between "
                          f"the two tokens {d['max_pair_gap']:.3f}, "
                          f"{'both tokens in the top 2 every time' if d['both_in_top2'] else 'NOT always the top 2'}")
+    tables = summary.get("config", {}).get("cost_tables")
+    if tables:
+        lines += ["", "Cost tables of this machine (what the adaptive policy priced trees with; `fspad-hf calibrate`):",
+                  "", tables]
     return "\n".join(lines) + "\n"
 
 

@@ -114,7 +114,7 @@ def run_demo(target_name: str = "smollm2", head_path=None, prompt: str = "", max
         echo("probe (%d tokens): " % probe_tokens + ", ".join(f"{d} {r:.2f}x" for d, r in probes.items())
              + f" -> using {chosen}")
         if probes[chosen] <= 1.0:
-            echo(f"On this machine the head does not beat plain decoding in either dtype with its fixed tree "
+            echo(f"On this machine the head does not beat plain decoding in either dtype with its settings "
                  f"(best {probes[chosen]:.2f}x in {chosen}); running it anyway so you can see why.")
     target, tokenizer, head = _load(target_name, head_path, chosen)
     ids = prompt_ids(tokenizer, history, target.device)

@@ -105,18 +105,22 @@ class FSPADConfig(PretrainedConfig):
             Maximum depth of the draft tree (= maximum number of drafted tokens on one path).
         tree_top_k (`int`, defaults to 8):
             Children expanded per frontier node and size of the frontier at each level.
-        retrieval_branches (`int`, defaults to 0):
+        retrieval_branches (`int`, defaults to 4):
             Retrieval drafts (decoding/retrieval.py): up to this many distinct continuations of the
             current suffix, found in the text so far (prompt + generated) by n-gram matching, are merged
             into the head's tree each round (shared prefixes merged) and verified by the same target
-            forward. 0 turns retrieval off (the default until benchmarks show it pays).
+            forward. 0 turns retrieval off. With the adaptive policy a retrieved node is verified only
+            when its measured acceptance rate pays for its cost, so the default 4 is safe on any machine.
         retrieval_length (`int`, defaults to 8):
             Maximum tokens per retrieved continuation (also cut to the tokens left to generate).
-        tree_policy (`str`, defaults to `"static"`):
+        tree_policy (`str`, defaults to `"adaptive"`):
             `"static"`: verify the fixed tree above every round. `"adaptive"` (decoding/policy.py): each
             round, verify the number of candidate nodes (at most `tree_depth` levels, top-k
             `tree_top_k`, plus retrieval nodes) that maximises the expected new tokens per ms under
             the machine's cost model, drafting fewer levels or none (plain steps) when they do not pay.
+            The cost model is measured once per machine, dtype and thread count (about 40 s at the first
+            call; `fspad-hf calibrate` does it ahead) and cached. Per call, `tree_policy="static"` and
+            `retrieval_branches=0` give the fixed head-only tree.
         draft_vocab_size (`int`, *optional*):
             If set, the head predicts over a reduced vocabulary of this many target token ids (the
             `d2t` buffer maps draft ids to target ids). Verification always uses the full vocabulary.
@@ -155,9 +159,9 @@ class FSPADConfig(PretrainedConfig):
         tree_total_tokens: int = 24,
         tree_depth: int = 5,
         tree_top_k: int = 8,
-        retrieval_branches: int = 0,
+        retrieval_branches: int = 4,
         retrieval_length: int = 8,
-        tree_policy: str = "static",
+        tree_policy: str = "adaptive",
         draft_vocab_size: int | None = None,
         feature_noise: float = 0.2,
         head_kind: str = "fspad",

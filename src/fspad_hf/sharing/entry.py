@@ -89,9 +89,12 @@ def resolve_draft_model(source, model, hub_kwargs: dict) -> FSPADDraftModel:
 def generate(model, draft_model=None, assistant_model=None, streamer=None, **kwargs):
     """`generate()` of `model` with tree speculative decoding by the FSPAD head (lossless; batch size 1)."""
     hub_kwargs = {k: kwargs.pop(k) for k in HUB_LOAD_KWARGS if k in kwargs}
-    if kwargs.get("tree_policy", "static") != "static":
+    if kwargs.setdefault("tree_policy", "static") != "static":
         raise ValueError("tree_policy='adaptive' needs the fspad-hf package (pip install fspad-hf); this file "
                          "drafts the static tree only.")
+    if kwargs.setdefault("retrieval_branches", 0):
+        raise ValueError("retrieval_branches needs the fspad-hf package (pip install fspad-hf); this file drafts "
+                         "the head's static tree only (retrieval_branches=0).")
     if draft_model is None and assistant_model is not None:
         draft_model = assistant_model  # accept the head under transformers' usual name too
     head = resolve_draft_model(draft_model, model, hub_kwargs)

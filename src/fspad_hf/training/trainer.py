@@ -87,6 +87,13 @@ class FSPADTrainer(Trainer):
             raise ValueError("FSPADTrainer needs `target=` (the frozen target model) for its embedding and LM head.")
         args = args or FSPADTrainingArguments(output_dir="fspad-head")
         head = unwrap_head(model)
+        if head.target_feature_layers is not None:  # e.g. an EAGLE-3 head (head/eagle3.py)
+            raise NotImplementedError(
+                f"FSPADTrainer trains heads on the target's last hidden state; this {head.config.head_kind} head "
+                f"fuses target layers {list(head.target_feature_layers)}, which the training features do not "
+                "provide yet. Train an FSPAD / EAGLE-2 / PosS head, or import a trained EAGLE-3 head "
+                "(fspad_hf.interop.load_eagle3)."
+            )
         target.eval().requires_grad_(False)
         head.bind_target(target)
         self.target = target

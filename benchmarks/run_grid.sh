@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 12 item 5: the default head (adaptive policy + retrieval branches) against the static 8/3/4 tree,
+# head-free retrieval, prompt lookup and plain generate(), on Spec-Bench (all 13 categories, PER questions
+# each), one interleaved run per (target, dtype, threads) cell, with the cost tables in each result.
+#   bash benchmarks/run_grid.sh [TARGETS] [DTYPES] [THREADS] [PER] [MAX_NEW_TOKENS]
+#   bash benchmarks/run_grid.sh "smollm2" "float32 bfloat16" "1 2" 2 64      # the SmolLM2 grid
+#   bash benchmarks/run_grid.sh qwen-coder-0.5b bfloat16 1 2 64
+# Each cell runs through benchmarks/quiet.sh (niced background jobs paused, bench at high priority) and
+# resumes from its .partial.jsonl if interrupted. Results: benchmarks/results/grid-<target>-<dtype>-<T>t/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGETS=${1:-smollm2}; DTYPES=${2:-"float32 bfloat16"}; THREADS=${3:-"1 2"}; PER=${4:-2}; N=${5:-64}
+declare -A HEAD=([smollm2]=smollm2-fspad [qwen-coder-0.5b]=qwen-coder-0.5b-fspad)
+for target in $TARGETS; do
+  head=${HEAD[$target]}
+  for dtype in $DTYPES; do
+    for t in $THREADS; do
+      out=benchmarks/results/grid-$target-$dtype-${t}t
+      [[ -f $out/results.json ]] && { echo "[grid] $out exists: skipped"; continue; }
+      mkdir -p "$out"
+      echo "[grid] $target $dtype $t thread(s) $(date +%T)"
+      # calibrate (or load) the cost tables first, quietly, so no timed question pays for them
+      OMP_NUM_THREADS=$t bash benchmarks/quiet.sh fspad-hf calibrate --target "$target" --dtype "$dtype" \
+        --head "$head" --threads "$t" > "$out/calibrate.log" 2>&1
+      OMP_NUM_THREADS=$t bash benchmarks/quiet.sh fspad-hf bench --target "$target" --dtype "$dtype" --threads "$t" \
+        --questions ../shared/data/spec_bench/question.jsonl --per_category "$PER" --max_new_tokens "$N" \
+        --head "default=$head" --head "static=$head@8,3,4" --retrieval 4 --pld_tokens 10 --no_plots \
+        --output "$out/results.json" > "$out/bench.log" 2>&1
+      echo "[grid] done $(date +%T)"; head -12 "$out/results.md"
+    done
+  done
+done
