@@ -169,19 +169,8 @@ class Eagle3DraftModel(FSPADDraftModel):
         layers = list(target_feature_layers) if target_feature_layers is not None else default_feature_layers(tcfg.num_hidden_layers)
         for key in ("feature_sampling", "partial_alignment"):
             config_overrides.setdefault(key, False)
-        config = FSPADConfig(
-            target_config=tcfg.to_dict(),
-            target_name_or_path=getattr(target, "name_or_path", None) or None,
-            target_architecture=(getattr(target.config, "architectures", None) or [type(target).__name__])[0],
-            target_tokenizer_fingerprint=tokenizer_fingerprint(tokenizer) if tokenizer is not None else None,
-            head_kind="eagle3", target_feature_layers=layers, draft_layer_config=draft_layer_config_for(tcfg),
-            **config_overrides,
-        )
-        config._attn_implementation = tcfg._attn_implementation or "sdpa"
-        head = cls(config)
-        head.to(device=target.device, dtype=target.dtype)
-        head.bind_target(target)
-        return head
+        return super().from_target(target, tokenizer, head_kind="eagle3", target_feature_layers=layers,
+                                   draft_layer_config=draft_layer_config_for(tcfg), **config_overrides)
 
     def check_target(self, target: PreTrainedModel, tokenizer=None) -> None:
         """Raise if `target` cannot feed this head: hidden size, vocabulary, depth for the feature layers."""
