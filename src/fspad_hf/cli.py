@@ -2,6 +2,8 @@
 
     fspad-hf prepare --target smollm2 --output_dir runs/smollm2-data --max_conversations 2000 --regenerate
     fspad-hf train --target smollm2 --data runs/smollm2-data/distilled.jsonl --method fspad --output_dir runs/fspad
+    fspad-hf train ... --method eagle2,fspad    # a head group: same batches, one target forward per step
+    fspad-hf carry --checkpoint runs/fspad/checkpoint-1500 --output milestones/x   # continue elsewhere: --continue_from
     fspad-hf <command> --help    # every option, documented
 """
 
@@ -43,7 +45,9 @@ class DataArguments:
 
 @dataclass
 class HeadArguments:
-    method: str = field(default="fspad", metadata={"help": "eagle2 | fs | pad | fspad (FS and PAD switches)."})
+    method: str = field(default="fspad", metadata={"help": "eagle2 | fs | pad | fspad (FS and PAD switches); a comma-separated "
+                        "list (eagle2,fspad) trains one head per method on the same batches, one target forward per step "
+                        "for all (output_dir/final/<method>)."})
     num_draft_layers: int = field(default=1, metadata={"help": "Draft layers; > 1 = PosS specialists."})
     positions_per_layer: int = field(default=1, metadata={"help": "PosS-N: draft positions per specialist."})
     init_from: str | None = field(default=None, metadata={"help": "Start from this head (fine-tune; a 1-layer head initialises all PosS specialists)."})
@@ -58,6 +62,9 @@ class HeadArguments:
                 "post-attention norm; PAD's 2H down_proj gets the target's down_proj in both halves) instead of random."})
     feature_noise: float | None = field(default=None, metadata={
         "help": "Training input-feature noise amplitude stored in the head config (0 = off; default: the config's 0.2)."})
+    continue_from: str | None = field(default=None, metadata={
+        "help": "A carry folder (`fspad-hf carry`) of this run made on another machine: training continues at its "
+                "step and data position, with a fresh optimizer and a new LR warm-up (unless output_dir is further)."})
 
 
 @dataclass
@@ -164,16 +171,17 @@ def cmd_prepare(argv: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------ train
-def _build_head(target, tokenizer, hargs: HeadArguments):
+def _build_head(target, tokenizer, hargs: HeadArguments, method: str | None = None):
     from .head.modeling import FSPADDraftModel
     from .training.trainer import init_from_head
 
     from .decoding.settings import KEYWORDS
     from .head.configuration import METHODS
 
-    if hargs.method not in METHODS:
-        raise SystemExit(f"--method must be one of {sorted(METHODS)}, got {hargs.method!r}.")
-    fs, pad = METHODS[hargs.method].feature_sampling, METHODS[hargs.method].partial_alignment
+    method = method or hargs.method
+    if method not in METHODS:
+        raise SystemExit(f"--method must be one of {sorted(METHODS)} (or a comma-separated list of them), got {method!r}.")
+    fs, pad = METHODS[method].feature_sampling, METHODS[method].partial_alignment
     tree = {kw: v for kw in KEYWORDS if (v := getattr(hargs, kw)) is not None}
     if hargs.init_from and hargs.init_layers_from_target:
         raise SystemExit("--init_from and --init_layers_from_target both initialise the draft layers: pick one.")
@@ -217,35 +225,49 @@ def cmd_train(argv: list[str]) -> None:
     n_eval = int(len(dataset) * dargs.eval_fraction)
     train_set = torch.utils.data.Subset(dataset, order[n_eval:])
     eval_set = torch.utils.data.Subset(dataset, order[:n_eval]) if n_eval else None
-    head = _build_head(target, tokenizer, hargs)
+    methods = hargs.method.split(",")
+    if len(set(methods)) != len(methods):
+        raise SystemExit(f"--method lists a method twice: {hargs.method!r}.")
+    if len(methods) > 1 and hargs.lora_r > 0:
+        raise SystemExit("--lora_r fine-tunes one head (--init_from); train a head group (--method a,b) without LoRA.")
+    heads = {m: _build_head(target, tokenizer, hargs, m) for m in methods}
     if hargs.draft_vocab_size and not hargs.init_from:
         # counted on the training split only; feature sets are read without their hidden states
         train_ids = order[n_eval:]
         source = [examples[i] for i in train_ids] if examples is not None else feature_tokens(dataset, train_ids)
-        head.set_draft_vocab(select_draft_vocab(source, hargs.draft_vocab_size, head.config.vocab_size))
-    model = head
+        ids = select_draft_vocab(source, hargs.draft_vocab_size, next(iter(heads.values())).config.vocab_size)
+        for head in heads.values():
+            head.set_draft_vocab(ids)
+    models = dict(heads)
     if hargs.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(head, LoraConfig(r=hargs.lora_r, lora_alpha=2 * hargs.lora_r,
-                                                target_modules=hargs.lora_target_modules.split(",")))
-    logger.info("training %s head (%d trainable parameters) on %d examples", head.config.method_name,
-                sum(p.numel() for p in model.parameters() if p.requires_grad), len(train_set))
+        models = {m: get_peft_model(h, LoraConfig(r=hargs.lora_r, lora_alpha=2 * hargs.lora_r,
+                                                  target_modules=hargs.lora_target_modules.split(",")))
+                  for m, h in heads.items()}
+    logger.info("training %s (%d trainable parameters) on %d examples",
+                " + ".join(f"{h.config.method_name} head" for h in heads.values()),
+                sum(p.numel() for m in models.values() for p in m.parameters() if p.requires_grad), len(train_set))
+    model = models if len(models) > 1 else next(iter(models.values()))
     trainer = FSPADTrainer(model=model, args=args, target=target, train_dataset=train_set, eval_dataset=eval_set)
-    from .training.checkpoints import last_complete_checkpoint
+    from .training.checkpoints import last_complete_checkpoint, restore_carry
 
     last = args.resume_from_checkpoint
+    if last is None and hargs.continue_from:  # another machine's run: its carry becomes checkpoint-N here
+        last = str(restore_carry(hargs.continue_from, args.output_dir))
     if last is None:  # a killed run resumes from its last complete checkpoint
         found = last_complete_checkpoint(args.output_dir)
         last = str(found) if found else None
-        if last:
-            logger.info("resuming from %s", last)
+    if last:
+        logger.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
     final = Path(args.output_dir) / "final"
-    (model.merge_and_unload() if hargs.lora_r > 0 else model).save_pretrained(final)
+    for m, member in models.items():
+        folder = final / m if len(models) > 1 else final
+        (member.merge_and_unload() if hargs.lora_r > 0 else member).save_pretrained(folder)
     if eval_set is not None:
         trainer.evaluate()
-    logger.info("saved the trained head to %s", final)
+    logger.info("saved the trained head%s to %s", "s" if len(models) > 1 else "", final)
 
 
 # ------------------------------------------------------------------------------------ bench / demo
@@ -452,7 +474,23 @@ def cmd_convert(argv: list[str]) -> None:
     print(f"wrote {head.config.method_name} head to {a.output}")
 
 
-COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "bench": cmd_bench, "demo": cmd_demo, "push": cmd_push, "calibrate": cmd_calibrate, "convert": cmd_convert}
+def cmd_carry(argv: list[str]) -> None:
+    """A training checkpoint -> a small carry folder another machine continues from (`train --continue_from`)."""
+    import argparse
+
+    from .training.checkpoints import save_carry
+
+    p = argparse.ArgumentParser(prog="fspad-hf carry", description=cmd_carry.__doc__)
+    p.add_argument("--checkpoint", required=True, help="a complete checkpoint-N folder of `fspad-hf train`")
+    p.add_argument("--output", required=True, help="the carry folder to write (int8 heads + trainer state, no optimizer)")
+    a = p.parse_args(argv)
+    try:
+        logger.info("wrote %s", save_carry(a.checkpoint, a.output))
+    except ValueError as error:
+        raise SystemExit(str(error)) from error
+
+
+COMMANDS = {"prepare": cmd_prepare, "train": cmd_train, "carry": cmd_carry, "bench": cmd_bench, "demo": cmd_demo, "push": cmd_push, "calibrate": cmd_calibrate, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 from pathlib import Path
+
+import torch
 
 from ..head.loading import SAFE_WEIGHTS_NAME, weights_files
 from ..integrity import CorruptCheckpointError, check_safetensors_file, read_json
@@ -13,6 +16,7 @@ from ..integrity import CorruptCheckpointError, check_safetensors_file, read_jso
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
+GROUP_MANIFEST_NAME = "heads.json"  # a head-group checkpoint: {"heads": [names]}, one subfolder per head
 _CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -28,16 +32,30 @@ def checkpoint_problem(folder: str | os.PathLike) -> str | None:
         return f"no {TRAINER_STATE_NAME}"
     try:
         read_json(state)
-        weights = [folder / name for name in (SAFE_WEIGHTS_NAME, "adapter_model.safetensors") if (folder / name).is_file()]
-        if not weights:
-            weights = weights_files(folder, None)
-        if not weights:
-            return "no safetensors weights"
-        for path in weights:
-            check_safetensors_file(path)
-    except (CorruptCheckpointError, FileNotFoundError) as error:
+        members = [folder / name for name in read_group_manifest(folder)] if (folder / GROUP_MANIFEST_NAME).is_file() else [folder]
+        for member in members:
+            weights = [member / name for name in (SAFE_WEIGHTS_NAME, "adapter_model.safetensors") if (member / name).is_file()]
+            if not weights:
+                weights = weights_files(member, None)
+            if not weights:
+                return f"no safetensors weights in {member}"
+            for path in weights:
+                check_safetensors_file(path)
+    except (CorruptCheckpointError, FileNotFoundError, ValueError) as error:
         return str(error)
     return None
+
+
+def write_group_manifest(folder: str | os.PathLike, names: list[str]) -> None:
+    (Path(folder) / GROUP_MANIFEST_NAME).write_text(json.dumps({"heads": list(names)}) + "\n")
+
+
+def read_group_manifest(folder: str | os.PathLike) -> list[str]:
+    """The head names of a head-group checkpoint, in training order."""
+    path = Path(folder) / GROUP_MANIFEST_NAME
+    if not path.is_file():
+        raise ValueError(f"{folder} is not a head-group checkpoint (no {GROUP_MANIFEST_NAME}).")
+    return list(read_json(path)["heads"])
 
 
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
@@ -62,4 +80,66 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 
-__all__ = ["checkpoint_problem", "last_complete_checkpoint", "TRAINER_STATE_NAME"]
+CARRY_NAME = "carry.json"  # marks a carry folder (save_carry): where it came from
+
+
+def save_carry(checkpoint: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """A small copy of a training checkpoint that another machine continues from (`restore_carry`).
+
+    It holds each head as config + int8 weights (`head.storage`, ~1/4 of the float32 checkpoint) and the
+    trainer state (step, epoch, log history). The AdamW moments and the LR-scheduler state are left out
+    (twice the weights again): a run continued from a carry starts its optimizer afresh and warms the
+    learning rate up again, which the first steps after a restart show in the log.
+    """
+    from ..head.modeling import FSPADDraftModel
+    from ..head.storage import save_int8
+
+    checkpoint, dest = Path(checkpoint), Path(dest)
+    problem = checkpoint_problem(checkpoint)
+    if problem is not None:
+        raise ValueError(f"{checkpoint} is not a complete checkpoint ({problem}).")
+    group = (checkpoint / GROUP_MANIFEST_NAME).is_file()
+    names = read_group_manifest(checkpoint) if group else [None]
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        save_int8(FSPADDraftModel.from_pretrained(checkpoint / name if name else checkpoint), dest / name if name else dest)
+    if group:
+        write_group_manifest(dest, names)
+    state = read_json(checkpoint / TRAINER_STATE_NAME)
+    (dest / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=1) + "\n")
+    (dest / CARRY_NAME).write_text(json.dumps({"from": str(checkpoint), "global_step": state.get("global_step"),
+                                               "optimizer": "not kept: restarts with warm-up"}, indent=1) + "\n")
+    return dest
+
+
+def restore_carry(carry: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
+    """Turn a carry folder into `output_dir/checkpoint-N` (float32 weights) so that `Trainer` resumes at step N.
+
+    If `output_dir` already holds a complete checkpoint at step >= N (this machine trained further), that
+    one is returned instead and nothing is written.
+    """
+    from ..head.modeling import FSPADDraftModel
+
+    carry, output_dir = Path(carry), Path(output_dir)
+    if not (carry / CARRY_NAME).is_file():
+        raise ValueError(f"{carry} is not a carry folder (no {CARRY_NAME}); make one with `fspad-hf carry`.")
+    state = read_json(carry / TRAINER_STATE_NAME)
+    step = int(state["global_step"])
+    local = last_complete_checkpoint(output_dir)
+    if local is not None and int(local.name.rsplit("-", 1)[1]) >= step:
+        return local
+    folder = output_dir / f"checkpoint-{step}"
+    group = (carry / GROUP_MANIFEST_NAME).is_file()
+    names = read_group_manifest(carry) if group else [None]
+    for name in names:
+        head = FSPADDraftModel.from_pretrained(carry / name if name else carry, dtype=torch.float32)
+        head.save_pretrained(folder / name if name else folder)
+    if group:
+        write_group_manifest(folder, names)
+    (folder / TRAINER_STATE_NAME).write_text(json.dumps(state, indent=1) + "\n")  # last: marks it complete
+    logger.info("continuing from carry %s at step %d (optimizer and LR schedule restart)", carry, step)
+    return folder
+
+
+__all__ = ["checkpoint_problem", "save_carry", "restore_carry", "last_complete_checkpoint", "read_group_manifest", "write_group_manifest",
+           "GROUP_MANIFEST_NAME", "TRAINER_STATE_NAME"]

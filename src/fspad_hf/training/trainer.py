@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -22,7 +23,8 @@ from ..head.modeling import FSPADDraftModel, unwrap_head
 from .batches import collate
 from .features import target_features
 from .losses import LossWeights, position_mask
-from .objective import DraftObjective
+from .checkpoints import read_group_manifest, write_group_manifest
+from .objective import DraftObjective, GroupObjective
 
 TRAINING_ARGS_NAME = "training_args.bin"
 ADAPTER_SAFE_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -69,11 +71,15 @@ class ClipGradValueCallback(TrainerCallback):
 
 
 class FSPADTrainer(Trainer):
-    """Trainer for an `FSPADDraftModel` (or a PEFT wrapper of one).
+    """Trainer for an `FSPADDraftModel` (or a PEFT wrapper of one), or for several heads at once.
 
     The Trainer's `model` is a `DraftObjective` around it (the head's forward is inference-only);
     `trainer.head` is the head itself. Checkpoints are the head's `save_pretrained` folders (config +
     safetensors) or, with PEFT, the adapter files.
+
+    `model={"eagle2": head_a, "fspad": head_b}` trains a head group (`GroupObjective`): the same batches,
+    one target forward per step for all heads (the EAGLE-2 / FSPAD pair at equal data, steps and seed
+    for little more than the cost of one); `trainer.heads[name]`, one checkpoint subfolder per head.
 
     Args:
         target: the frozen target LM. Needed for online features, and always for the frozen
@@ -86,28 +92,42 @@ class FSPADTrainer(Trainer):
         if target is None:
             raise ValueError("FSPADTrainer needs `target=` (the frozen target model) for its embedding and LM head.")
         args = args or FSPADTrainingArguments(output_dir="fspad-head")
-        head = unwrap_head(model)
-        if head.target_feature_layers is not None:  # e.g. an EAGLE-3 head (head/eagle3.py)
-            raise NotImplementedError(
-                f"FSPADTrainer trains heads on the target's last hidden state; this {head.config.head_kind} head "
-                f"fuses target layers {list(head.target_feature_layers)}, which the training features do not "
-                "provide yet. Train an FSPAD / EAGLE-2 / PosS head, or import a trained EAGLE-3 head "
-                "(fspad_hf.interop.load_eagle3)."
-            )
+        group = dict(model) if isinstance(model, Mapping) else None
+        for member in (group or {"head": model}).values():
+            _check_trainable(unwrap_head(member))
         target.eval().requires_grad_(False)
-        head.bind_target(target)
+        for member in (group or {"head": model}).values():
+            unwrap_head(member).bind_target(target)
         self.target = target
         pad = getattr(target.generation_config, "pad_token_id", None) or 0
         kwargs.setdefault("data_collator", functools.partial(collate, pad_token_id=pad))
-        super().__init__(model=DraftObjective(model), args=args, **kwargs)
+        objective = GroupObjective(group) if group is not None else DraftObjective(model)
+        super().__init__(model=objective, args=args, **kwargs)
         self.model_accepts_loss_kwargs = False  # our loss is a per-batch mean: let Trainer average over accumulation
         self._parts: dict[str, list[float]] = defaultdict(list)
         if getattr(args, "clip_grad_value", None):
             self.add_callback(ClipGradValueCallback(args.clip_grad_value))
 
     @property
+    def is_group(self) -> bool:
+        return isinstance(self.model, GroupObjective)
+
+    @property
     def head(self) -> FSPADDraftModel:
+        if self.is_group:
+            raise AttributeError(f"This trainer trains several heads ({', '.join(self.heads)}): use `trainer.heads[name]`.")
         return unwrap_head(self.model.model)
+
+    @property
+    def heads(self) -> dict[str, FSPADDraftModel]:
+        """name -> head; a single head is named "head"."""
+        return self.model.heads if self.is_group else {"head": self.head}
+
+    def _members(self) -> dict[str, torch.nn.Module]:
+        """name -> the trained module of each head (the head, or its PEFT wrapper)."""
+        if self.is_group:
+            return {name: member.model for name, member in self.model.members.items()}
+        return {"head": self.model.model}
 
     def train(self, *args, **kwargs):
         check_training_data(self.train_dataset)
@@ -141,26 +161,30 @@ class FSPADTrainer(Trainer):
 
     # -------------------------------------------------------------------------------- checkpoints
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        """A checkpoint is the head's own folder (or the PEFT adapter), loadable with from_pretrained."""
+        """A checkpoint is the head's own folder (or the PEFT adapter), loadable with from_pretrained; a head
+        group writes one such folder per head plus a `heads.json` manifest."""
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        self.model.model.save_pretrained(output_dir)
+        if self.is_group:
+            for name, member in self._members().items():
+                member.save_pretrained(os.path.join(output_dir, name))
+            write_group_manifest(output_dir, list(self._members()))
+        else:
+            self.model.model.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        inner = self.model.model
-        adapter = os.path.join(resume_from_checkpoint, ADAPTER_SAFE_WEIGHTS_NAME)
-        if os.path.isfile(adapter):
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(inner, load_file(adapter))
-            return
-        weights = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
-        if not os.path.isfile(weights):
-            raise ValueError(f"Can't find a valid checkpoint at {resume_from_checkpoint} (no {SAFE_WEIGHTS_NAME}).")
-        unwrap_head(inner).load_state_dict(load_file(weights))
+        if self.is_group:
+            names = read_group_manifest(resume_from_checkpoint)
+            if names != list(self._members()):
+                raise ValueError(f"Checkpoint {resume_from_checkpoint} holds heads {names}, this run trains "
+                                 f"{list(self._members())}: resume with the same --method list, or use another output_dir.")
+            for name, member in self._members().items():
+                _load_member(member, os.path.join(resume_from_checkpoint, name))
+        else:
+            _load_member(self.model.model, resume_from_checkpoint)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._parts:
@@ -172,7 +196,7 @@ class FSPADTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """Loss parts and per-position top-1 accuracy of a k-step unrolled draft (k = eval_unroll_steps),
         averaged over the evaluation batches of every process (summed across processes)."""
-        steps = self.args.eval_unroll_steps or self.head.config.tree_depth
+        steps = self.args.eval_unroll_steps or next(iter(self.heads.values())).config.tree_depth
         dataloader = self.get_eval_dataloader(eval_dataset)
         was_training = self.model.training
         self.model.eval()
@@ -201,6 +225,30 @@ class FSPADTrainer(Trainer):
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics=metrics)
         return metrics
+
+
+def _check_trainable(head: FSPADDraftModel) -> None:
+    if head.target_feature_layers is not None:  # e.g. an EAGLE-3 head (head/eagle3.py)
+        raise NotImplementedError(
+            f"FSPADTrainer trains heads on the target's last hidden state; this {head.config.head_kind} head "
+            f"fuses target layers {list(head.target_feature_layers)}, which the training features do not "
+            "provide yet. Train an FSPAD / EAGLE-2 / PosS head, or import a trained EAGLE-3 head "
+            "(fspad_hf.interop.load_eagle3)."
+        )
+
+
+def _load_member(inner, folder: str) -> None:
+    """Load one head's checkpoint folder (its weights, or its PEFT adapter) into `inner` in place."""
+    adapter = os.path.join(folder, ADAPTER_SAFE_WEIGHTS_NAME)
+    if os.path.isfile(adapter):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(inner, load_file(adapter))
+        return
+    weights = os.path.join(folder, SAFE_WEIGHTS_NAME)
+    if not os.path.isfile(weights):
+        raise ValueError(f"Can't find a valid checkpoint at {folder} (no {SAFE_WEIGHTS_NAME}).")
+    unwrap_head(inner).load_state_dict(load_file(weights))
 
 
 def _drop_mixed_precision_wrapper(model) -> None:
