@@ -6,16 +6,26 @@
 #   bash benchmarks/run_grid.sh "smollm2" "float32 bfloat16" "1 2" 2 64      # the SmolLM2 grid
 #   bash benchmarks/run_grid.sh qwen-coder-0.5b bfloat16 1 2 64
 # Each cell runs through benchmarks/quiet.sh (niced background jobs paused, bench at high priority) and
-# resumes from its .partial.jsonl if interrupted. Results: benchmarks/results/grid-<target>-<dtype>-<T>t/.
+# resumes from its .partial.jsonl if interrupted. Results: benchmarks/results/grid-<machine>/<target>-<dtype>-<T>t/,
+# <machine> from lscpu (e.g. xeon-amx, epyc-avx512bf16, epyc-avx2) or $MACHINE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS=${1:-smollm2}; DTYPES=${2:-"float32 bfloat16"}; THREADS=${3:-"1 2"}; PER=${4:-2}; N=${5:-64}
+machine_tag() {  # CPU vendor + the best matrix instructions it has: what decides the costs here
+  local name flags isa
+  name=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
+  flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
+  case $name in *EPYC*) name=epyc ;; *Xeon*) name=xeon ;; *) name=$(echo "$name" | tr -cs 'A-Za-z0-9' '-' | tr 'A-Z' 'a-z' | cut -c1-20) ;; esac
+  if [[ $flags == *amx_bf16* ]]; then isa=amx; elif [[ $flags == *avx512_bf16* ]]; then isa=avx512bf16; else isa=avx2; fi
+  echo "$name-$isa"
+}
+MACHINE=${MACHINE:-$(machine_tag)}
 declare -A HEAD=([smollm2]=smollm2-fspad [qwen-coder-0.5b]=qwen-coder-0.5b-fspad)
 for target in $TARGETS; do
   head=${HEAD[$target]}
   for dtype in $DTYPES; do
     for t in $THREADS; do
-      out=benchmarks/results/grid-$target-$dtype-${t}t
+      out=benchmarks/results/grid-$MACHINE/$target-$dtype-${t}t
       [[ -f $out/results.json ]] && { echo "[grid] $out exists: skipped"; continue; }
       mkdir -p "$out"
       echo "[grid] $target $dtype $t thread(s) $(date +%T)"
