@@ -5,7 +5,9 @@
 #   bash benchmarks/run_grid.sh [TARGETS] [DTYPES] [THREADS] [PER] [MAX_NEW_TOKENS]
 #   bash benchmarks/run_grid.sh "smollm2" "float32 bfloat16" "1 2" 2 64      # the SmolLM2 grid
 #   bash benchmarks/run_grid.sh qwen-coder-0.5b bfloat16 1 2 64
-# Each cell runs through benchmarks/quiet.sh (niced background jobs paused, bench at high priority) and
+# Each cell runs through benchmarks/quiet.sh (niced background jobs paused, bench at high priority; with
+# SHARED=1 nothing is paused and the bench runs pinned to core ${CORE:-1}, for 1-thread cells next to a
+# long training run on the other core: ratios stay interleaved, absolute speeds drop) and
 # resumes from its .partial.jsonl if interrupted. Results: benchmarks/results/grid-<machine>/<target>-<dtype>-<T>t/,
 # <machine> from lscpu (e.g. xeon-amx, epyc-avx512bf16, epyc-avx2) or $MACHINE.
 set -euo pipefail
@@ -20,6 +22,7 @@ machine_tag() {  # CPU vendor + the best matrix instructions it has: what decide
   echo "$name-$isa"
 }
 MACHINE=${MACHINE:-$(machine_tag)}
+if [[ ${SHARED:-0} == 1 ]]; then run=(taskset -c "${CORE:-1}"); else run=(bash benchmarks/quiet.sh); fi
 declare -A HEAD=([smollm2]=smollm2-fspad [qwen-coder-0.5b]=qwen-coder-0.5b-fspad)
 for target in $TARGETS; do
   head=${HEAD[$target]}
@@ -30,9 +33,9 @@ for target in $TARGETS; do
       mkdir -p "$out"
       echo "[grid] $target $dtype $t thread(s) $(date +%T)"
       # calibrate (or load) the cost tables first, quietly, so no timed question pays for them
-      OMP_NUM_THREADS=$t bash benchmarks/quiet.sh fspad-hf calibrate --target "$target" --dtype "$dtype" \
+      OMP_NUM_THREADS=$t "${run[@]}" fspad-hf calibrate --target "$target" --dtype "$dtype" \
         --head "$head" --threads "$t" > "$out/calibrate.log" 2>&1
-      OMP_NUM_THREADS=$t bash benchmarks/quiet.sh fspad-hf bench --target "$target" --dtype "$dtype" --threads "$t" \
+      OMP_NUM_THREADS=$t "${run[@]}" fspad-hf bench --target "$target" --dtype "$dtype" --threads "$t" \
         --questions ../shared/data/spec_bench/question.jsonl --per_category "$PER" --max_new_tokens "$N" \
         --head "default=$head" --head "static=$head@8,3,4" --retrieval 4 --pld_tokens 10 --no_plots \
         --output "$out/results.json" > "$out/bench.log" 2>&1

@@ -4,6 +4,8 @@
 #   bash scripts/long_runs.sh train       # EAGLE-2 + FSPAD as one head group: same batches, one target forward per step
 #   bash scripts/long_runs.sh carry       # the newest checkpoint -> milestones/smollm2-pair (commit it)
 #   bash scripts/long_runs.sh milestones  # held-out tau of every saved 1,500-step milestone (fp32, static 8/3/4)
+#   bash scripts/long_runs.sh shipped     # the first shipped heads on the same held-out set (the curve's start)
+#   bash scripts/long_runs.sh data        # tokens per example of the run's data (the curve's x axis)
 #   bash scripts/long_runs.sh curve       # benchmarks/results/learning-curve-smollm2/{curve.md,curve.png}
 #
 # Why online features and one head group: a session lasts three hours and the next one may be on a fresh machine
@@ -22,7 +24,7 @@ cd "$(dirname "$0")/.."
 STEP=${1:-all}
 STEPS=${STEPS:-12000}
 SAVE=${SAVE:-500}           # checkpoint every SAVE steps (a kill loses at most this much)
-MILESTONE=${MILESTONE:-1500}  # learning-curve points
+MILESTONE=${MILESTONE:-1000}  # learning-curve points (held-out bench; eval loss at the same steps)
 CORE=${CORE:-0}
 RECIPE=${RECIPE:-}
 # ShareGPT all-turn windows: 500 conversations give ~1.1M tokens (~2,600 windows of <=448 tokens, half of them
@@ -74,35 +76,27 @@ if [[ $STEP == milestones || $STEP == all ]]; then
   done
 fi
 
-if [[ $STEP == curve || $STEP == all ]]; then
-  python - "$OUT" <<'EOF'
+if [[ $STEP == shipped || $STEP == all ]]; then  # the first shipped heads on the same held-out set: the curve's start
+  [[ -f $OUT/shipped.json ]] || pin "${BENCH_CORE:-1}" fspad-hf bench --target smollm2 --dtype float32 --threads 1 \
+    --questions data/heldout/sharegpt-heldout.jsonl --max_new_tokens 64 --pld_tokens 0 --no_plots \
+    --head "eagle2=smollm2-eagle2@8,3,4" --head "fspad=smollm2-fspad@8,3,4" --output "$OUT/shipped.json" \
+    > runs/logs/long-bench-shipped.log 2>&1
+fi
+
+if [[ $STEP == data || $STEP == all ]]; then  # what one training step sees, for the curve's x axis
+  [[ -f $OUT/data.json ]] || python - "$DATA" "$OUT/data.json" <<'EOF'
 import json, sys
-from pathlib import Path
-
-out = Path(sys.argv[1])
-rows = []
-for path in sorted(out.glob("*-*.json")):
-    method, step = path.stem.rsplit("-", 1)
-    summary = json.loads(path.read_text())["methods"][method]["overall"]
-    rows.append((method, int(step), summary["tau"], summary.get("identical_turns")))
-rows.sort()
-tokens_per_step = 4 * 448  # upper bound: batch 4 x 448-token windows
-lines = ["| method | step | training tokens (<=) | held-out tau | identical turns |", "|---|---|---|---|---|"]
-lines += [f"| {m} | {s} | {s * tokens_per_step:,} | {t:.3f} | {i} |" for m, s, t, i in rows]
-(out / "curve.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
-try:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for method in sorted({r[0] for r in rows}):
-        pts = [(s * tokens_per_step, t) for m, s, t, _ in rows if m == method]
-        plt.plot(*zip(*pts), marker="o", label=method)
-    plt.xlabel("training tokens seen"); plt.ylabel("held-out tau (fp32, static 8/3/4)"); plt.legend()
-    plt.savefig(out / "curve.png", dpi=120)
-except ImportError:
-    print("matplotlib missing: no plot")
+from fspad_hf.cli import DataArguments, _conversations, _tokenize
+from fspad_hf.targets import load_target
+data, out = sys.argv[1:]
+examples = _tokenize(load_target("smollm2")[1], _conversations(DataArguments(data=data)), 448, all_turns=True)
+n = len(examples)
+json.dump({"source": data + " (all turns, 448-token windows)", "examples": n, "batch_size": 4,
+           "mean_tokens": sum(len(e["input_ids"]) for e in examples) / n,
+           "mean_loss_tokens": sum(sum(e["loss_mask"]) for e in examples) / n}, open(out, "w"), indent=1)
 EOF
+fi
+
+if [[ $STEP == curve || $STEP == all ]]; then
+  python benchmarks/learning_curve.py "$OUT"
 fi

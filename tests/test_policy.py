@@ -62,6 +62,29 @@ def test_choose_size_matches_brute_force_on_random_inputs():
         assert int(choose_size(p, c, draft_ms)) == brute_force(p.tolist(), c.tolist(), draft_ms)
 
 
+def test_choose_size_picks_measured_sizes_only():
+    """Between grid points a forward can cost far more than interpolated: only measured k = T + 1 are chosen."""
+    c = curve(10, 10.5, 11, 11.5, 12)  # nearly flat: the best unrestricted tree verifies every candidate
+    p = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    assert int(choose_size(p, c, 0.0)) == 4
+    allowed = torch.zeros(MAX_K, dtype=torch.bool)
+    allowed[[0, 1, 3]] = True  # k = 1, 2, 4 measured; k = 3 and 5 interpolated
+    assert int(choose_size(p, c, 0.0, allowed)) == 3  # k = 4
+    allowed[3] = False
+    assert int(choose_size(p, c, 0.0, allowed)) == 1  # k = 2
+    assert int(choose_size(torch.tensor([0.01]), c, 0.0, allowed)) == 0  # a plain step is always allowed
+
+
+def test_measured_sizes_of_a_table():
+    table = CostTable("verify", [1, 2, 4, 8], [100], [[1.0, 2.0, 3.0, 4.0]], {"kind": "verify"}, 0.0, 1, 0.0)
+    mask = table.measured()
+    assert mask.shape == (MAX_K,) and mask[[0, 1, 3, 7]].all() and not mask[[2, 4, 5, 6]].any()
+    assert mask[8:].all()  # past a grid cut short (small model): constant cost, as before
+    from fspad_hf.decoding.cost_model import DEFAULT_KS
+
+    assert set(range(1, 17)) <= set(DEFAULT_KS) and DEFAULT_KS[-1] == MAX_K
+
+
 def hand_tree():
     """root -> a (head, p .5), b (head, .3); b -> c (head, raw .29); a -> d (retrieval)."""
     parents = torch.tensor([0, 0, 2, 1])

@@ -12,6 +12,7 @@ from fspad_hf.decoding.retrieval import MergedTree, RetrievalDrafter, SuffixInde
 from fspad_hf.decoding.settings import TreeSettings
 from fspad_hf.decoding.tree import DraftTree, ancestor_mask
 from tests.conftest import make_target
+from tests.test_policy import cost_model
 
 try:  # the pooled chi-square goodness of fit of the sampling suite
     from tests.test_sampling import chi_square_pvalue
@@ -342,6 +343,11 @@ def exact_joint(target, prompt: torch.LongTensor, n_tokens: int, gen_kwargs: dic
     return probs
 
 
+# What-if costs under which every retrieved node pays: the law is tested on trees that hold them, whatever
+# this machine's measured costs would make the adaptive policy verify.
+FLAT = cost_model([10.0] * 64, 0.1)
+
+
 @pytest.mark.parametrize("with_head", [False, True])
 def test_sampling_law_with_retrieval(with_head):
     """Retrieved drafts are deterministic: the target's own draw at each slot still decides every token."""
@@ -356,7 +362,8 @@ def test_sampling_law_with_retrieval(with_head):
     torch.manual_seed(7)
     counts, from_retrieval = {}, 0
     for _ in range(n):
-        out = target.generate(prompt, max_new_tokens=3, retrieval_branches=2, retrieval_length=3, **route, **kwargs)
+        out = target.generate(prompt, max_new_tokens=3, retrieval_branches=2, retrieval_length=3, cost_model=FLAT,
+                              **route, **kwargs)
         seq = tuple(out[0, prompt.shape[1] :].tolist())
         counts[seq] = counts.get(seq, 0) + 1
         stats = head.last_generation_stats if with_head else fspad_hf.tree_generate.last_generation_stats

@@ -26,7 +26,9 @@ The rule, per round:
        rate(T) = (1 + sum_{i <= T} p_i) / (t_draft + t_verify(T + 1)),   T = 0 .. min(candidates, 63),
    t_verify(k) = `CostModel.verify_curve(context)[k - 1]`, t_draft = levels drafted this round x
    `CostModel.draft_level_ms(top_k, context)` (0 when the head drafted nothing). T = 0 verifies the
-   root alone (a plain step). Ties go to the smaller T. `choose_size` is this step alone. (All times are
+   root alone (a plain step). Ties go to the smaller T. Only sizes whose cost was measured are
+   candidates (T + 1 a point of the table's grid, `CostTable.measured`): between grid points a forward
+   can cost far more than the interpolation says. `choose_size` is this step alone. (All times are
    the corrected ones of step 5; e is added to t_draft.)
 4. Draft depth. The frontier of level L (the K nodes the drafter would expand) bounds what level
    L + 1 can add: gain_{L+1} = sum over that frontier of min(1, c_{L+1} exp(s)). Level L + 1 pays if
@@ -96,17 +98,22 @@ class PolicyParams:
 
 
 # ---------------------------------------------------------------------------- pure functions
-def choose_size(p_sorted: torch.Tensor, verify_curve: torch.Tensor, draft_ms: float) -> torch.Tensor:
+def choose_size(p_sorted: torch.Tensor, verify_curve: torch.Tensor, draft_ms: float,
+                allowed: torch.BoolTensor | None = None) -> torch.Tensor:
     """T (0-dim long tensor) maximising `(1 + sum_{i<=T} p_i) / (draft_ms + verify_curve[T])`.
 
     p_sorted: `[N]` acceptance estimates, descending; verify_curve: `[K]` ms of a forward over k = 1..K
-    tokens (entry k - 1). T ranges over 0..min(N, K - 1); ties go to the smaller T.
+    tokens (entry k - 1); allowed: `[K]` bool, the k whose cost was measured (`CostTable.measured`;
+    None: all). T ranges over 0..min(N, K - 1) with T + 1 allowed; ties go to the smaller T.
     """
     n = min(p_sorted.shape[0], verify_curve.shape[0] - 1)
     p = p_sorted[:n].double()
     gain = 1.0 + torch.cat([p.new_zeros(1), p.cumsum(0)])
     cost = draft_ms + verify_curve[: n + 1].to(device=p.device, dtype=torch.float64)
-    return (gain / cost).argmax()  # the first maximum
+    rate = gain / cost
+    if allowed is not None:  # k = 1 is always measured (every grid starts at 1): T = 0 stays possible
+        rate = torch.where(allowed[: n + 1].to(rate.device), rate, -torch.inf)
+    return rate.argmax()  # the first maximum
 
 
 def acceptance(tree, head_ratio: torch.Tensor, retrieval_rate: torch.Tensor):
@@ -145,6 +152,9 @@ class Calibration:
         ones = torch.ones(depths + 1, dtype=torch.float64, device=device)  # index = depth (0 unused)
         self.params = params
         self.head_acc, self.head_pred = ones.clone(), ones.clone()
+        # flat prior: a depth is learned only once verified, so a prior falling with depth (prior ** d) would
+        # never try the long retrieved chains that copy-heavy text accepts whole (tried: their rates stayed
+        # at the prior). The price is the first call's first rounds, which verify chains too eagerly.
         self.ret_acc, self.ret_off = ones * params.retrieval_prior, ones.clone()
 
     def head_ratio(self) -> torch.Tensor:
@@ -242,6 +252,7 @@ class AdaptiveDrafter:
     def __init__(self, inner, settings, cost_model, params: PolicyParams | None = None, stats=None,
                  memory: dict | None = None):
         self.inner, self.settings, self.cost, self.stats = inner, settings, cost_model, stats
+        self.measured = cost_model.verify.measured()  # [64] bool: the tree sizes (k = T + 1) whose cost was measured
         self.memory = {} if memory is None else memory  # learned state shared with later calls (learned_state)
         self.params = params if params is not None else PolicyParams()
         head = inner if hasattr(inner, "frontier_logp") else getattr(inner, "inner", None)
@@ -298,7 +309,7 @@ class AdaptiveDrafter:
         if tree.num_nodes:
             p, raw, is_ret = acceptance(tree, ratio, rate)
             order = torch.argsort(p, descending=True, stable=True)
-            wanted.append(choose_size(p[order], curve, draft_ms + fix.other_ms))
+            wanted.append(choose_size(p[order], curve, draft_ms + fix.other_ms, self.measured))
         if levels:  # rule step 4: how deep the next round drafts
             frontier = self.head.frontier_logp  # [levels, K]
             gains = (ratio[2 : levels + 2, None] * frontier.double().exp()).clamp(max=1.0).sum(dim=1)
