@@ -21,14 +21,14 @@ OTHERS = ("pld-10", "static", "retrieval")
 def cell_rows(path: Path) -> tuple[str, list[str]]:
     data = json.loads(path.read_text())
     cfg, methods = data["config"], data["methods"]
-    name = f"{path.parent.parent.name.removeprefix('grid-')} / {cfg['target']} {cfg['dtype']} {cfg['threads']}t"
+    name = f"{path.parent.parent.name.removeprefix('grid-')} / {path.parent.name}"
     speed = {m: methods[m]["overall"]["speedup"] for m in methods}
     default = methods["default"]
     slow, behind = [], []
     for cat, row in default["per_category"].items():
         best = max(methods[m]["per_category"][cat]["speedup"] for m in OTHERS if m in methods)
         if row["speedup"] < 1.0:
-            slow.append(f"{cat} {row['speedup']:.2f}x")
+            slow.append(f"{cat} {row['speedup']:.3f}x")
         if row["speedup"] < 0.95 * best:
             behind.append(f"{cat} {row['speedup']:.2f}x vs {best:.2f}x")
     identical = all(m["overall"].get("identical_to_baseline") for m in methods.values())
@@ -43,7 +43,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output", default=None, help="also write the table here")
     a = p.parse_args()
-    lines = ["| cell (machine / target dtype threads) | questions | prompt lookup | default | static 8/3/4 | retrieval | default / PLD | default tau | identical | default < 1.0x | default < 0.95x best |",
+    lines = ["| cell (machine / target-dtype-threads) | questions | prompt lookup | default | static 8/3/4 | retrieval | default / PLD | default tau | identical | default < 1.0x | default < 0.95x best |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(RESULTS.glob("grid-*/*/results.json")):
         lines += cell_rows(path)[1]
