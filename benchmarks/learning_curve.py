@@ -40,7 +40,7 @@ def main(out: Path) -> None:
         for method, summary in json.loads(shipped.read_text())["methods"].items():
             if method != "baseline":
                 o = summary["overall"]
-                lines.append(f"| {method} (first shipped heads) | 3000 | (1.4M distinct, multi-epoch) | - | {o['tau']:.3f} | "
+                lines.append(f"| {method} (first shipped heads) | 3000 | ~3.3k first-turn examples, multi-epoch | - | {o['tau']:.3f} | "
                              f"{accept(o.get('acceptance_per_position'))} | {o.get('identical_turns')} |")
     lines += [f"| {m} | {s} | {s * per_step / 1e6:.2f}M | {s * loss_per_step / 1e6:.2f}M | {t:.3f} | {accept(a)} | {i} |"
               for m, s, t, a, i in rows]
