@@ -326,3 +326,60 @@ def test_draft_reads_nothing_on_the_host(monkeypatch):
         drafter.draft(ids)
     assert count.syncs == []
 
+
+def test_the_adaptive_policy_reads_once_per_round(monkeypatch):
+    """The policy prices the round from host floats of the cost table; its one read is the chosen sizes."""
+    from tests.test_policy import cost_model
+
+    target = make_target("llama", seed=10)
+    head = make_head(target, seed=10)
+    ids = prompt(10)
+    settings = TreeSettings(8, 4, 4, policy="adaptive")
+    drafter = AdaptiveDrafter(_fed(TreeDrafter(head, settings), target, ids), settings, cost_model((10.0, 11.0, 40.0)))
+    with counting_syncs(monkeypatch) as count:
+        tree = drafter.draft(ids)
+    assert count.syncs == ["tolist"]
+    assert tree.num_nodes == 1 and drafter.predicted_ms == 4 * 1.0 + 11.0  # 4 levels at 1 ms + verifying 2 tokens
+
+
+def test_host_verify_costs_equal_the_curve_exactly():
+    from fspad_hf.decoding.cost_model import CostModel, CostTable
+    from fspad_hf.decoding.policy import CostCorrection
+
+    rng = random.Random(11)
+    ms = [[rng.uniform(5, 50) for _ in range(5)] for _ in range(3)]
+    model = CostModel(CostTable("verify", [1, 2, 4, 16, 64], [64, 256, 1024], ms, {"kind": "verify"}, 0.0, 1, 0.0))
+    fix = CostCorrection(0.8)
+    for context in (10, 64, 100, 256, 700, 1024, 5000):  # below, on, between and above the calibrated contexts
+        fix.verify_offset = rng.uniform(-30, 10)
+        curve = model.verify_curve(context)
+        assert curve.tolist() == [model.verify_ms(k, context) for k in range(1, 65)]
+        assert fix.verify_curve(curve).tolist() == [fix.verify_ms(model.verify_ms(k, context)) for k in range(1, 65)]
+
+
+# ---------------------------------------------------------------------------- prefix compaction
+def test_accept_tells_prefix_paths_and_the_crop_equals_the_gather():
+    from fspad_hf.decoding.cache import compact_cache
+    from fspad_hf.decoding.verification import accept
+    from tests.test_overhead import random_tree
+
+    rng = random.Random(12)
+    seen = set()
+    for _ in range(60):
+        tree = random_tree(rng, rng.randint(1, 12))
+        choices = torch.randint(0, 24, (tree.num_nodes + 1,))
+        if rng.random() < 0.7:
+            choices[0] = tree.tokens[0]  # slot 1 accepted: often a prefix
+        acc = accept(tree, choices)
+        path = acc.path.tolist()
+        assert acc.prefix == (path == list(range(len(path))))
+        seen.add(acc.prefix)
+        caches = []
+        for prefix in (acc.prefix, False):  # the crop (when allowed) vs the gather
+            cache = DynamicCache()
+            cache.update(torch.randn(1, 2, 5 + tree.num_nodes + 1, 4, generator=torch.Generator().manual_seed(1)),
+                         torch.randn(1, 2, 5 + tree.num_nodes + 1, 4, generator=torch.Generator().manual_seed(2)), 0)
+            compact_cache(cache, 5, acc.path, prefix)
+            caches.append(cache.layers[0])
+        assert torch.equal(caches[0].keys, caches[1].keys) and torch.equal(caches[0].values, caches[1].values)
+    assert seen == {True, False}
