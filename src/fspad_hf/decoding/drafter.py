@@ -51,7 +51,7 @@ class DraftBuffers:
     last P columns, holds each processed node's ancestors. Invariant: row r's columns from its own level on
     (`tree[r, (r // K) * K:]`) are static (0 on the diagonal, the dtype's min elsewhere); its earlier
     columns are rewritten every round before they are read. A round's mask is the view of the last
-    `n + end` columns (`n` context entries); a longer context re-allocates it (doubling).
+    `n + end` columns (`n` context entries); a context beyond `capacity` re-allocates it (doubling).
     """
 
     def __init__(self, head: DraftingHead, depth: int, k: int, device: torch.device):
@@ -72,7 +72,7 @@ class DraftBuffers:
         if self.catch_up and self.fused is None:
             self.fused = fused.new_zeros(1, self.p, fused.shape[-1])  # [1, P, H]
         if self.mask is None or n > self.capacity:
-            self.capacity = max(n, 2 * self.capacity)
+            self.capacity = max(2 * n, 64)  # headroom: the context grows by a few entries per round
             self.mask = torch.zeros(self.p, self.capacity + self.p, dtype=fused.dtype, device=fused.device)
             self.tree = self.mask[:, self.capacity :].fill_(torch.finfo(fused.dtype).min)  # [P, P] view
             self.tree.diagonal().fill_(0.0)
