@@ -80,7 +80,7 @@ def target_choices(scores: torch.Tensor, do_sample: bool, generator: torch.Gener
 class Acceptance:
     path: torch.LongTensor  # [a + 1] slots from the root (0) to the deepest accepted node
     bonus: torch.LongTensor  # [] the target's token after the last accepted slot
-    prefix: bool = False  # path == [0, 1, .., a]: the caches can be cropped (True only if known without a host read)
+    prefix: bool = False  # path == [0, 1, .., a], so the caches can be cropped (False: not known, gather)
 
     @property
     def num_accepted(self) -> int:
