@@ -2,7 +2,8 @@
 
 - the vectorised `_emit` (MaxLengthCriteria / EosTokenCriteria only) stops exactly where the per-token loop
   and plain generate() stop; any other criterion (StopStringCriteria, MaxTimeCriteria, a subclass) falls back;
-- host reads per round: none in `GenerationStats.add_round`, one in `accept`, one in `merge_retrieved`;
+- host reads per round: none in `GenerationStats.add_round`, one in `accept` (which also tells a prefix path),
+  one in `merge_retrieved`;
 - the in-place tree mask equals the reference `additive_mask(tree_attention_allowed(...))`;
 - the merged tree's extended ancestor mask equals a rebuilt one.
 """
@@ -201,7 +202,7 @@ def test_accept_reads_once(monkeypatch):
         choices[0] = tree.tokens[0]  # at least one accepted node
         with counting_syncs(monkeypatch) as count:
             acc = accept(tree, choices)
-        assert count.syncs == ["nonzero"]
+        assert count.syncs == ["tolist"]  # the deepest slot and its depth, read together
         # reference: walk down from the root following the target's choices
         slot, path = 0, [0]
         while True:
@@ -212,6 +213,7 @@ def test_accept_reads_once(monkeypatch):
             slot = nxt[0]
             path.append(slot)
         assert acc.path.tolist() == path and int(acc.bonus) == int(choices[slot])
+        assert acc.prefix == (path == list(range(len(path))))
 
 
 def test_merge_reads_once_and_extends_the_ancestor_mask_exactly(monkeypatch):

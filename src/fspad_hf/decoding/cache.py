@@ -33,12 +33,15 @@ def truncate_cache(cache: DynamicCache, length: int) -> None:
             layer.values = layer.values[..., :length, :]
 
 
-def compact_cache(cache: DynamicCache, context_len: int, keep_slots: torch.LongTensor) -> None:
+def compact_cache(cache: DynamicCache, context_len: int, keep_slots: torch.LongTensor, prefix: bool = False) -> None:
     """Keep positions `[0, context_len)` plus the tree slots `keep_slots` (offsets after the context).
 
     The layers hold `context_len + T + 1` positions after a tree forward; the accepted path's slots are
     gathered along the sequence axis so the cache equals a fresh forward over the accepted sequence.
+    `prefix`: the caller knows `keep_slots == [0, 1, .., a]` (`Acceptance.prefix`): a crop is the same.
     """
+    if prefix:
+        return truncate_cache(cache, context_len + keep_slots.shape[0])
     keep = keep_slots.to(torch.long) + context_len
     end = context_len + keep.numel()
     for layer in _layers(cache):

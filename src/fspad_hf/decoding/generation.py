@@ -233,7 +233,7 @@ def run_tree_decoding(
         scores = process_tree_scores(logits_processor, input_ids[0], tree, logits)
         choices = target_choices(scores, do_sample)
         acc = accept(tree, choices)
-        compact_cache(cache, context_len, acc.path)
+        compact_cache(cache, context_len, acc.path, acc.prefix)
         drafter.feedback(tree, acc.path)  # what the target accepted (the adaptive policy learns from it)
         t2 = time.perf_counter()
 

@@ -204,6 +204,10 @@ class CostCorrection:
         """The table's verify curve `[K]` corrected by the measured offset, never below half the table."""
         return torch.maximum(curve + self.verify_offset, 0.5 * curve)
 
+    def verify_ms(self, table_ms: float) -> float:
+        """One entry of `verify_curve` from the table's host float (equal bits: the same float64 operations)."""
+        return max(table_ms + self.verify_offset, 0.5 * table_ms)
+
     def update(self, predicted_draft: float, predicted_verify: float, draft_ms: float, verify_ms: float,
                round_ms: float | None) -> None:
         """One round: the table's (uncorrected) predictions and what was measured (`round_ms`: wall time from
@@ -313,7 +317,8 @@ class AdaptiveDrafter:
         if levels:  # rule step 4: how deep the next round drafts
             frontier = self.head.frontier_logp  # [levels, K]
             gains = (ratio[2 : levels + 2, None] * frontier.double().exp()).clamp(max=1.0).sum(dim=1)
-            pays = (gains >= level_ms / (float(curve[0]) + fix.other_ms)).long()
+            plain_ms = fix.verify_ms(self.cost.verify_ms(1, context))  # == curve[0], without reading a tensor
+            pays = (gains >= level_ms / (plain_ms + fix.other_ms)).long()
             wanted.append(1 + pays.cumprod(0).sum())
         values = torch.stack(wanted).tolist() if wanted else []  # the round's one host sync
         size = int(values[0]) if tree.num_nodes else 0
@@ -321,9 +326,10 @@ class AdaptiveDrafter:
             self.depth_next = max(1, min(self.settings.depth, int(values[-1])))
             self.idle = self.idle + 1 if size == 0 else 0
             self.skipping = self.idle >= p_.patience
-        self.predicted_ms = draft_ms + float(curve[size])
+        table_ms = self.cost.verify_ms(size + 1, context)  # == table[size]: host floats, no tensor read
+        self.predicted_ms = draft_ms + fix.verify_ms(table_ms)
         round_index = len(self.stats.draft_seconds) if self.stats is not None else 0
-        self._priced = (levels * table_level_ms, float(table[size]), start, round_index)
+        self._priced = (levels * table_level_ms, table_ms, start, round_index)
         if self.stats is not None:
             self.stats.predicted_ms.append(self.predicted_ms)
         if not tree.num_nodes:

@@ -80,6 +80,7 @@ def target_choices(scores: torch.Tensor, do_sample: bool, generator: torch.Gener
 class Acceptance:
     path: torch.LongTensor  # [a + 1] slots from the root (0) to the deepest accepted node
     bonus: torch.LongTensor  # [] the target's token after the last accepted slot
+    prefix: bool = False  # path == [0, 1, .., a], so the caches can be cropped (False: not known, gather)
 
     @property
     def num_accepted(self) -> int:
@@ -90,15 +91,19 @@ def accept(tree: DraftTree, choices: torch.LongTensor) -> Acceptance:
     """Deepest slot whose whole path agrees with the target's choices, and the bonus token after it.
 
     choices: `[T + 1]` target choice per slot. Sibling tokens are distinct, so at most one child of a
-    slot matches and the accepted slots form a single chain.
+    slot matches and the accepted slots form a single chain. Slots increase along a path, so the path is
+    the prefix `[0, 1, .., a]` iff the deepest accepted slot is `a` (its depth): one host read gives both,
+    and the path itself then needs no data-dependent shape (`nonzero`): a `topk` of `a + 1` ancestors.
     """
     matched = tree.tokens == choices[tree.parents]  # [T]: node agrees with its parent's choice
     matched = torch.cat([matched.new_ones(1), matched])  # the root is always accepted
     ok = ~(tree.ancestors & ~matched[None, :]).any(dim=-1)  # [T + 1]: every slot on the path matched
     depth = torch.cat([tree.depth.new_zeros(1), tree.depth])
-    best = torch.where(ok, depth, -1).argmax(dim=0, keepdim=True)  # [1]: indexing with a 0-dim tensor would sync
-    path = torch.nonzero(tree.ancestors.index_select(0, best)[0]).flatten()  # the one host sync (path length)
-    return Acceptance(path=path, bonus=choices.index_select(0, best)[0])  # ancestors precede descendants
+    best = torch.where(ok, depth, -1).argmax(dim=0, keepdim=True)  # [1]
+    slot, a = torch.cat([best, depth.index_select(0, best)]).tolist()  # the one host sync: deepest slot, its depth
+    rank = torch.arange(depth.shape[0], 0, -1, device=depth.device)  # [T + 1] slot j -> T + 1 - j: topk keeps slot order
+    path = torch.arange(a + 1, device=depth.device) if slot == a else (tree.ancestors[slot] * rank).topk(a + 1).indices
+    return Acceptance(path=path, bonus=choices[slot], prefix=slot == a)  # ancestors precede descendants
 
 
 __all__ = ["ROW_WISE_PROCESSORS", "process_tree_scores", "target_choices", "accept", "Acceptance", "slot_prefixes"]
