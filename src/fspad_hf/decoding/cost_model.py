@@ -54,9 +54,10 @@ from .cache import truncate_cache
 logger = logging.getLogger(__name__)
 
 MAX_K = 64  # largest tree forward (tokens) and draft width the model answers for
-# Every k up to 16: on some CPUs the cost is not smooth in k (kernels chosen by shape; on a 2-core AMD EPYC,
-# fp32, 2 threads: k = 12 113 ms, k = 13 176 ms, k = 7 140 ms between k = 6 111 and k = 8 106), so a size
-# between grid points is not priced by interpolation: the policy picks measured sizes only (`measured`).
+# Every k up to 16: on some CPUs the cost is not smooth in k (kernels chosen by shape; the committed table of a
+# 2-core AMD EPYC, fp32, 2 threads, ctx 1024, benchmarks/results/grid-epyc-avx512bf16/smollm2-float32-2t/
+# calibrate.log: k = 11 148 ms between k = 8 104 and k = 12 114), so a size between grid points is not priced
+# by interpolation: the policy picks measured sizes only (`measured`).
 DEFAULT_KS = tuple(range(1, 17)) + (20, 24, 32, 40, 48, 64)
 DEFAULT_WIDTHS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_CONTEXTS = (128, 512, 1024)
