@@ -32,7 +32,13 @@ RECIPE=${RECIPE:-}
 # pinned so that the data never changes under a run that continues elsewhere. Conversations >= 17000 are the
 # held-out questions: never here.
 DATA=${DATA:-data/smollm2/distilled.jsonl:2748,sharegpt:0-4500}
-T=(--target smollm2 --target_dtype bfloat16)
+# The target's dtype (and the heads' autocast) is the one that makes a step cheaper on this CPU, measured once
+# (scripts/pick_train_dtype.py): bf16 where the CPU has bf16 matrix instructions, fp32 where it has not (5x
+# cheaper there). Features differ by bf16 rounding only; the curve is benched in fp32 either way.
+mkdir -p runs/long
+TRAIN_DTYPE=${TRAIN_DTYPE:-$(taskset -c "${CORE:-0}" python scripts/pick_train_dtype.py smollm2 runs/long/train-dtype.json)}
+AMP=(); [[ $TRAIN_DTYPE == bfloat16 ]] && AMP=(--bf16)
+T=(--target smollm2 --target_dtype "$TRAIN_DTYPE")
 RUN=runs/long/pair
 CARRY=milestones/smollm2-pair
 OUT=benchmarks/results/learning-curve-smollm2
@@ -48,7 +54,7 @@ if [[ $STEP == train || $STEP == all ]]; then
     --draft_vocab_size 8192 --per_device_train_batch_size 4 --learning_rate 5e-4 \
     --lr_scheduler_type constant_with_warmup --warmup_steps 100 --save_steps "$SAVE" --save_total_limit 100 \
     --logging_steps 50 --eval_fraction 0.005 --eval_strategy steps --eval_steps "$MILESTONE" --eval_unroll_steps 3 \
-    --seed 0 --use_cpu --bf16 --disable_tqdm true --max_steps "$STEPS" --output_dir "$RUN" "${continue[@]}" $RECIPE \
+    --seed 0 --use_cpu "${AMP[@]}" --disable_tqdm true --max_steps "$STEPS" --output_dir "$RUN" "${continue[@]}" $RECIPE \
     >> runs/logs/long-pair.log 2>&1
 fi
 

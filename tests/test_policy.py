@@ -126,17 +126,47 @@ def test_calibration_moves_toward_the_observed_rate():
         rates.append(cal.retrieval_rate().clone())
     first = [r[1].item() for r in ratios]
     second = [r[2].item() for r in ratios]
-    retrieval = [r[1].item() for r in rates]
+    retrieval = [r[0, 1].item() for r in rates]  # [M, D + 1]: one (pooled) match class here
     assert first[0] == 1.0 and all(b > a for a, b in zip(first, first[1:11]))  # observed 1 vs predicted .5: up
     assert first[-1] == pytest.approx(2.0, abs=0.02)  # 1 / .5, at the clip
     assert all(b < a for a, b in zip(second, second[1:11])) and second[-1] < 0.1  # observed 0 vs .8: down
     assert second[-1] >= params.c_min
     assert retrieval[0] == 0.5 and all(b < a for a, b in zip(retrieval, retrieval[1:11]))  # offered, never taken
-    assert ratios[-1][3].item() == 1.0 and rates[-1][3].item() == 0.5  # depths never offered keep their prior
+    assert ratios[-1][3].item() == 1.0 and rates[-1][0, 3].item() == 0.5  # depths never offered keep their prior
     path = torch.tensor([0, 3])  # now the retrieval node is accepted every round
     for _ in range(60):
         cal.update(depth, raw, is_ret, path)
-    assert cal.retrieval_rate()[1].item() == pytest.approx(1.0, abs=0.01)
+    assert cal.retrieval_rate()[0, 1].item() > 0.9  # ~10 rounds of memory against 1 pseudo-node of prior
+
+
+def test_retrieval_rates_are_learned_per_match_length_and_back_off_to_the_pooled_rate():
+    """A 6-gram continuation always accepted and a 2-gram one never: each class learns its own rate; a class
+    not yet verified at a depth takes the pooled rate of that depth; `acceptance` prices nodes by their class.
+    decay 0.8: ~5 rounds of memory."""
+    params = PolicyParams(decay=0.8)
+    cal = Calibration(3, params, match_classes=7)
+    depth = torch.tensor([1, 1])
+    raw = torch.zeros(2, dtype=torch.float64)
+    is_ret = torch.tensor([True, True])
+    match = torch.tensor([6, 2])
+    for _ in range(60):
+        cal.update(depth, raw, is_ret, torch.tensor([0, 1]), match)  # the 6-gram node (slot 1) is accepted
+    rate = cal.retrieval_rate()  # [7, 4]
+    assert rate.shape == (7, 4)
+    assert rate[6, 1].item() > 0.9
+    assert rate[2, 1].item() < 0.1
+    first = Calibration(3, params, match_classes=7)  # counts, not means: one round of 4 rejected chains moves far
+    first.update(torch.ones(4, dtype=torch.long), torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.bool),
+                 torch.tensor([0]), torch.full((4,), 3))
+    assert first.retrieval_rate()[3, 1].item() < 0.15 and first.retrieval_rate()[0, 1].item() < 0.15
+    assert rate[0, 1].item() == pytest.approx(0.5, abs=0.01)  # pooled: one of the two offered nodes taken
+    assert rate[4, 1].item() == rate[0, 1].item()  # match 4 never verified at depth 1: the pooled rate
+    assert rate[6, 2].item() == params.retrieval_prior  # nothing verified at depth 2: the prior
+    tree = MergedTree(tokens=torch.tensor([5, 6, 7]), parents=torch.tensor([0, 0, 0]), depth=torch.tensor([1, 1, 1]),
+                      ancestors=ancestor_mask(torch.tensor([0, 0, 0]), 3), scores=None,
+                      source=torch.ones(3, dtype=torch.long), match=torch.tensor([6, 2, 9]))
+    p, _, _ = acceptance(tree, cal.head_ratio(), rate)
+    assert p.tolist() == pytest.approx([rate[6, 1].item(), rate[2, 1].item(), rate[6, 1].item()])  # 9: class 6
 
 
 # ------------------------------------------------------------------------------------ decoding

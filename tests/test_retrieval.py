@@ -70,6 +70,7 @@ def test_longest_match_first_then_most_recent():
     ix.extend([9, 1, 2, 3])  # suffix 9 1 2 3 (n=4) ends at 3 and 12; 2 3 (n=2) also ends at 7
     assert ix.lookup(1, 2) == [[70, 5]]  # n=4, most recent (end 12)
     assert ix.lookup(3, 2) == [[70, 5], [50, 8], [60, 9]]  # n=4 recent, n=4 older, then n=2 (end 7)
+    assert ix.lookup_matches(3, 2) == [(4, [70, 5]), (4, [50, 8]), (2, [60, 9])]  # with their match lengths
 
 
 def test_continuations_are_distinct_and_no_match_is_empty():
@@ -136,6 +137,15 @@ def test_merge_shares_prefixes_and_keeps_siblings_distinct():
     assert merged.source.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
     assert set(root_paths(merged)) == set(root_paths(tree)) | {(4, 5, 9, 1), (4, 8), (3,), (3, 3)}
     assert torch.isnan(merged.scores[5:]).all() and torch.equal(merged.scores[:5], tree.scores)
+
+
+def test_merge_records_each_retrieved_node_s_longest_match():
+    # two paths share their first token: the shared node carries the larger match; head nodes carry 0
+    only = merge_retrieved(None, [[1, 2], [1, 3], [5]], max_depth=8, matches=[2, 5, 3])
+    assert only.tokens.tolist() == [1, 2, 3, 5] and only.match.tolist() == [5, 2, 5, 3]
+    merged = merge_retrieved(hand_tree(), [[4, 5, 9, 1], [3]], matches=[6, 2])
+    assert merged.match.tolist() == [0, 0, 0, 0, 0, 6, 2]  # 4, 5, 9 were head nodes
+    assert merge_retrieved(hand_tree(), [[4, 8]]).match.tolist() == [0] * 5 + [0]  # no match lengths given
 
 
 def test_merge_respects_the_depth_limit_and_handles_no_tree_or_no_paths():

@@ -10,8 +10,8 @@ The rule, per round:
    being accepted:
    - head node, cumulative draft log-probability s_i (drafter.py `scores`, tree.py `select_tree`):
      p_i = min(1, c_d * exp(s_i)), c_d = the head calibration of depth d;
-   - retrieval node (`MergedTree.source == 1`, no draft log-probability): p_i = r_d, the retrieval
-     rate of depth d;
+   - retrieval node (`MergedTree.source == 1`, no draft log-probability): p_i = r_{n,d}, the retrieval
+     rate of depth d for paths that followed an n-gram match (`MergedTree.match`; n = 2..6 by default);
    - then p_i = min over i's ancestors (itself included) of p, so a child never beats its parent and
      every top-T set by p (ties to the earlier slot, i.e. ancestors first) is ancestor-closed.
 2. Calibration, learned online from verified rounds, per depth d, as exponential moving averages
@@ -19,8 +19,15 @@ The rule, per round:
    - c_d = clip(A_d / P_d, c_min, c_max), A_d = EMA of [the accepted path holds a head node at
      depth d], P_d = EMA of the sum of exp(s_i) over the verified head nodes at depth d
      (prior A_d = P_d = 1: c_d = 1);
-   - r_d = clip(A'_d / O_d, r_min, 1), A'_d = EMA of [the accepted path holds a retrieval node at
-     depth d], O_d = EMA of the retrieval nodes verified at depth d (prior r_d = retrieval_prior).
+   - r_{n,d} = clip((A'_{n,d} + w r_d) / (O'_{n,d} + w), r_min, 1), A'_{n,d} = discounted count (weight
+     `decay` per round that verified such a node) of accepted retrieval nodes of match n at depth d,
+     O'_{n,d} the same of verified ones, w = `retrieval_weight` pseudo-nodes; r_d, the pooled rate of all
+     retrieval nodes at depth d, is (A'_d + w retrieval_prior) / (O'_d + w). Counts, not means: a round
+     that verified four chains and accepted none moves the rate far (0.5 -> 0.1), an EMA of means 10%.
+     Why n: on copy-heavy text (extraction) long matches continue for many tokens, on text that only
+     reuses words of the input (summarization) 2-gram matches rarely do; one rate per depth learned
+     on the one overpriced the other (measured on Spec-Bench summarization, fp32: retrieval chains
+     predicted 2.5 tokens per round, 1.4 realised).
 3. Tree size. With the candidates sorted by p (descending), verify the T best, T maximising the
    expected new tokens per ms of the round:
        rate(T) = (1 + sum_{i <= T} p_i) / (t_draft + t_verify(T + 1)),   T = 0 .. min(candidates, 63),
@@ -55,7 +62,7 @@ while the target lives (`learned_state`), so a new `generate()` call starts from
 priors (a short answer is otherwise spent warming up); a new kind of text moves the EMAs within a few
 rounds.
 
-Parameters (`PolicyParams`): decay 0.9, c_min 0.05, c_max 2.0, r_min 0.05, retrieval_prior 0.5,
+Parameters (`PolicyParams`): decay 0.9, c_min 0.05, c_max 2.0, r_min 0.05, retrieval_prior 0.5, retrieval_weight 1,
 patience 3, probe_every 8; the cost EMAs of step 5 use `cost_decay` 0.8.
 
 Lossless: pruning keeps an ancestor-closed subset of a tree whose siblings are distinct, chosen from
@@ -86,13 +93,15 @@ class PolicyParams:
     c_max: float = 2.0
     r_min: float = 0.05  # lowest retrieval rate (keeps retrieval nodes priced above zero)
     retrieval_prior: float = 0.5
+    retrieval_weight: float = 1.0  # pseudo-nodes behind the retrieval prior (and behind each match class's back-off)
     patience: int = 3  # drafted rounds choosing T = 0 before the head stops drafting
     probe_every: int = 8  # while not drafting, draft once every this many rounds
     cost_decay: float = 0.8  # EMA weight of the past for the measured-cost corrections (rule step 5)
 
     def __post_init__(self):
-        if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.cost_decay < 1.0 or not 0.0 < self.c_min <= self.c_max or not 0.0 < self.r_min <= 1.0:
-            raise ValueError(f"PolicyParams needs 0 <= decay, cost_decay < 1, 0 < c_min <= c_max and 0 < r_min <= 1: {self}")
+        if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.cost_decay < 1.0 or not 0.0 < self.c_min <= self.c_max or not 0.0 < self.r_min <= 1.0 or self.retrieval_weight <= 0.0:
+            raise ValueError(f"PolicyParams needs 0 <= decay, cost_decay < 1, 0 < c_min <= c_max, 0 < r_min <= 1 and "
+                             f"retrieval_weight > 0: {self}")
         if self.patience < 1 or self.probe_every < 1:
             raise ValueError(f"PolicyParams needs patience >= 1 and probe_every >= 1: {self}")
 
@@ -118,13 +127,20 @@ def choose_size(p_sorted: torch.Tensor, verify_curve: torch.Tensor, draft_ms: fl
 
 def acceptance(tree, head_ratio: torch.Tensor, retrieval_rate: torch.Tensor):
     """(p, raw, is_retrieval) per node of a non-empty tree: calibrated, ancestor-capped estimates (rule step 1),
-    the uncalibrated exp(score) of head nodes (0 for retrieval nodes), and which nodes are retrieval-only."""
+    the uncalibrated exp(score) of head nodes (0 for retrieval nodes), and which nodes are retrieval-only.
+
+    retrieval_rate: `[D + 1]` per depth, or `[M, D + 1]` per (match class, depth) (`Calibration.retrieval_rate`;
+    a node's class is its `MergedTree.match`, clamped to M - 1; 0 = pooled).
+    """
     depth = tree.depth.clamp(max=head_ratio.shape[0] - 1)
     source = getattr(tree, "source", None)
     scores = tree.scores if tree.scores is not None else torch.full(depth.shape, float("nan"), device=depth.device)
     is_ret = scores.isnan() if source is None else (source == RETRIEVAL_SOURCE)
     raw = torch.where(is_ret, 0.0, scores.double().nan_to_num(nan=-torch.inf).exp())
-    p = torch.where(is_ret, retrieval_rate[depth], head_ratio[depth] * raw).clamp(max=1.0)
+    rates = retrieval_rate if retrieval_rate.dim() == 2 else retrieval_rate[None]  # [M, D + 1]
+    match = getattr(tree, "match", None)
+    cls = torch.zeros_like(depth) if match is None else match.clamp(0, rates.shape[0] - 1)
+    p = torch.where(is_ret, rates[cls, depth], head_ratio[depth] * raw).clamp(max=1.0)
     p = torch.where(tree.ancestors[1:, 1:], p[None, :], 1.0).amin(dim=1)  # min over ancestors (itself included)
     return p, raw, is_ret
 
@@ -136,7 +152,7 @@ def prune(tree, kept: torch.LongTensor):
     new_slot = torch.zeros(n + 1, dtype=torch.long, device=kept.device)
     new_slot[slots] = torch.arange(slots.shape[0], device=kept.device)
     values = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
-    for name in ("tokens", "parents", "depth", "scores", "source"):
+    for name in ("tokens", "parents", "depth", "scores", "source", "match"):
         if values.get(name) is not None:
             values[name] = values[name][kept]
     values["parents"] = new_slot[values["parents"]]
@@ -146,40 +162,69 @@ def prune(tree, kept: torch.LongTensor):
 
 # ---------------------------------------------------------------------------- online calibration
 class Calibration:
-    """Per-depth EMAs of observed vs predicted acceptance (rule step 2); all tensors, no host sync."""
+    """Per-depth EMAs of observed vs predicted acceptance (rule step 2); all tensors, no host sync.
 
-    def __init__(self, depths: int, params: PolicyParams, device=None):
+    Retrieval rates are kept per (match class, depth): class n >= 1 holds the retrieval nodes whose path
+    followed an n-gram match (`MergedTree.match`, n clamped to `match_classes - 1`), class 0 all retrieval
+    nodes pooled. A class seen little at a depth is pulled toward the pooled rate of that depth.
+    """
+
+    def __init__(self, depths: int, params: PolicyParams, device=None, match_classes: int = 1):
         ones = torch.ones(depths + 1, dtype=torch.float64, device=device)  # index = depth (0 unused)
         self.params = params
         self.head_acc, self.head_pred = ones.clone(), ones.clone()
         # flat prior: a depth is learned only once verified, so a prior falling with depth (prior ** d) would
         # never try the long retrieved chains that copy-heavy text accepts whole (tried: their rates stayed
         # at the prior). The price is the first call's first rounds, which verify chains too eagerly.
-        self.ret_acc, self.ret_off = ones * params.retrieval_prior, ones.clone()
+        grid = torch.zeros(max(1, match_classes), depths + 1, dtype=torch.float64, device=device)  # [M, D + 1]
+        self.ret_acc, self.ret_off = grid, grid.clone()  # discounted counts: accepted / verified retrieval nodes
 
     def head_ratio(self) -> torch.Tensor:
         return (self.head_acc / self.head_pred).clamp(self.params.c_min, self.params.c_max)
 
     def retrieval_rate(self) -> torch.Tensor:
-        return (self.ret_acc / self.ret_off).clamp(self.params.r_min, 1.0)
+        """`[M, D + 1]` retrieval acceptance rate per (match class, depth); row 0 is the pooled rate.
 
-    def update(self, depth: torch.LongTensor, raw: torch.Tensor, is_ret: torch.BoolTensor, path: torch.LongTensor):
-        """One verified round: node depths, raw head probabilities, retrieval flags, accepted slots (root first)."""
+        Pooled: r_d = (A_d + w prior) / (O_d + w); class n: r_{n,d} = (A_{n,d} + w r_d) / (O_{n,d} + w), with
+        w = `retrieval_weight` pseudo-nodes: a class seen little stays near its depth's pooled rate.
+        """
+        w = self.params.retrieval_weight
+        pooled = (self.ret_acc[0] + w * self.params.retrieval_prior) / (self.ret_off[0] + w)  # [D + 1]
+        cell = (self.ret_acc + w * pooled) / (self.ret_off + w)
+        return torch.cat([pooled[None], cell[1:]]).clamp(self.params.r_min, 1.0)
+
+    def update(self, depth: torch.LongTensor, raw: torch.Tensor, is_ret: torch.BoolTensor, path: torch.LongTensor,
+               match: torch.LongTensor | None = None):
+        """One verified round: node depths, raw head probabilities, retrieval flags, accepted slots (root first),
+        and the retrieval nodes' match lengths (None: all pooled)."""
         size = self.head_acc.shape[0]
         d = depth.clamp(max=size - 1)
         zeros = torch.zeros(size, dtype=torch.float64, device=d.device)
         head = (~is_ret).double()
         pred = zeros.index_add(0, d, raw * head)
         offered_head = zeros.index_add(0, d, head)
-        offered_ret = zeros.index_add(0, d, is_ret.double())
         nodes = path[1:] - 1
         on_path_ret = is_ret[nodes].double()
         acc_head = zeros.index_add(0, d[nodes], 1.0 - on_path_ret)
-        acc_ret = zeros.index_add(0, d[nodes], on_path_ret)
-        for state, value, seen in ((self.head_acc, acc_head, offered_head), (self.head_pred, pred, offered_head),
-                                   (self.ret_acc, acc_ret, offered_ret), (self.ret_off, offered_ret, offered_ret)):
-            decay = self.params.decay
+        decay = self.params.decay
+
+        def ema(state, value, seen):
             state.copy_(torch.where(seen > 0, decay * state + (1.0 - decay) * value, state))
+
+        ema(self.head_acc, acc_head, offered_head)
+        ema(self.head_pred, pred, offered_head)
+        # retrieval: pooled row 0 and the node's match-class row, as one flat [M * (D + 1)] index
+        classes = self.ret_acc.shape[0]
+        cls = (match if match is not None else torch.zeros_like(d)).clamp(0, classes - 1)
+        flat = torch.cat([d, cls * size + d])  # every node twice: pooled, then its class (class 0: pooled again)
+        twice = torch.cat([is_ret, is_ret & (cls > 0)]).double()
+        on_path = torch.cat([nodes, nodes + d.shape[0]])
+        grid = torch.zeros(classes * size, dtype=torch.float64, device=d.device)
+        offered = grid.index_add(0, flat, twice).view(classes, size)
+        taken = grid.index_add(0, flat[on_path], twice[on_path]).view(classes, size)
+        # discounted counts (a sum, not a mean: 4 nodes verified weigh 4 against the prior's w)
+        self.ret_acc.mul_(torch.where(offered > 0, decay, 1.0)).add_(taken)
+        self.ret_off.mul_(torch.where(offered > 0, decay, 1.0)).add_(offered)
 
 
 class CostCorrection:
@@ -264,16 +309,19 @@ class AdaptiveDrafter:
         if self.head is not None:
             self.head.max_nodes = MAX_K - 1  # every candidate the cost model can price
         self.depths = max(settings.depth, settings.retrieval_length) + 1  # depth + 1: the frontier gain of the last level
+        index = getattr(inner, "index", None)  # a RetrievalDrafter's SuffixIndex: match lengths up to max_n
+        self.match_classes = index.max_n + 1 if index is not None else 1
         self.calibration: Calibration | None = self.memory.get("calibration")
-        if self.calibration is not None and self.calibration.head_acc.shape[0] != self.depths + 1:
-            self.calibration = None  # another tree depth: start again from the priors
+        if self.calibration is not None and (self.calibration.head_acc.shape[0] != self.depths + 1
+                                             or self.calibration.ret_acc.shape[0] != self.match_classes):
+            self.calibration = None  # another tree depth or match range: start again from the priors
         self.depth_next = settings.depth
         self.idle = 0  # consecutive drafted rounds that chose T = 0
         self.skipping = False
         self.since_probe = 0
         self.predicted_ms: float | None = None
         self.correction = self.memory.setdefault("correction", CostCorrection(self.params.cost_decay))
-        self._last = None  # (depth, raw, is_retrieval) of the verified nodes, for `feedback`
+        self._last = None  # (depth, raw, is_retrieval, match) of the verified nodes, for `feedback`
         self._priced = None  # (table draft ms, table verify ms, start time) of the last round, for step 5
 
     def observe(self, features: torch.Tensor) -> None:
@@ -295,7 +343,8 @@ class AdaptiveDrafter:
         p_, fix = self.params, self.correction
         context = input_ids.shape[1] - 1
         if self.calibration is None or self.calibration.head_acc.device != input_ids.device:
-            self.calibration = self.memory["calibration"] = Calibration(self.depths, p_, input_ids.device)
+            self.calibration = self.memory["calibration"] = Calibration(self.depths, p_, input_ids.device,
+                                                                        self.match_classes)
         drafting = self.head is not None and (not self.skipping or self.since_probe + 1 >= p_.probe_every)
         if self.head is not None:
             self.since_probe = 0 if drafting else self.since_probe + 1
@@ -336,13 +385,15 @@ class AdaptiveDrafter:
             self._last = None
             return tree
         kept = order[:size].sort().values
-        self._last = (tree.depth[kept], raw[kept], is_ret[kept])
+        match = getattr(tree, "match", None)
+        self._last = (tree.depth[kept], raw[kept], is_ret[kept], None if match is None else match[kept])
         return prune(tree, kept)
 
     def feedback(self, tree, path: torch.LongTensor) -> None:
         """Learn from the verified round (`path`: accepted slots of `tree`, root first)."""
         if self._last is not None and tree.num_nodes:
-            self.calibration.update(*self._last, path)
+            depth, raw, is_ret, match = self._last
+            self.calibration.update(depth, raw, is_ret, path, match)
 
 
 __all__ = ["AdaptiveDrafter", "Calibration", "CostCorrection", "learned_state", "PolicyParams", "acceptance", "choose_size", "prune"]

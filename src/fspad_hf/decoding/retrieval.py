@@ -38,9 +38,11 @@ class MergedTree(DraftTree):
     """A `DraftTree` whose nodes record where they came from.
 
     source: `[T]` per node: 0 = the draft head, 1 = retrieval (a node both proposed counts as head).
+    match: `[T]` per retrieval node, the match length n of its path (0 for head nodes, or unknown).
     """
 
     source: torch.LongTensor | None = None
+    match: torch.LongTensor | None = None
 
 
 class SuffixIndex:
@@ -77,11 +79,19 @@ class SuffixIndex:
         continuation replaces it in place. At most `max_scan` occurrences are examined (default
         `8 * max_branches`), so the cost stays bounded on very repetitive text.
         """
+        return [cont for _, cont in self.lookup_matches(max_branches, length, max_scan)]
+
+    def lookup_matches(self, max_branches: int, length: int, max_scan: int | None = None) -> list[tuple[int, list[int]]]:
+        """`lookup` with each continuation's match length: (n of the longest suffix n-gram it follows, tokens).
+
+        The match length is what the adaptive policy prices retrieval nodes by (a continuation of a 6-gram
+        is accepted far more often than one of a 2-gram; decoding/policy.py `Calibration`).
+        """
         tokens, size = self.tokens, len(self.tokens)
         if max_branches <= 0 or length <= 0 or size < self.min_n:
             return []
         budget = 8 * max_branches if max_scan is None else max_scan
-        taken: list[list[int]] = []
+        taken: list[tuple[int, list[int]]] = []
         for n in range(min(self.max_n, size), self.min_n - 1, -1):
             for end in reversed(self.ends.get(tuple(tokens[size - n :]), ())):
                 if end == size - 1:
@@ -89,32 +99,31 @@ class SuffixIndex:
                 if budget <= 0:
                     return taken
                 budget -= 1
-                cont = tokens[end + 1 : end + 1 + length]
-                _add_distinct(taken, cont)
+                _add_distinct(taken, n, tokens[end + 1 : end + 1 + length])
                 if len(taken) == max_branches:
                     return taken
         return taken
 
 
-def _add_distinct(taken: list[list[int]], cont: list[int]) -> None:
-    for i, old in enumerate(taken):
+def _add_distinct(taken: list[tuple[int, list[int]]], n: int, cont: list[int]) -> None:
+    for i, (old_n, old) in enumerate(taken):
         common = min(len(old), len(cont))
         if old[:common] == cont[:common]:
             if len(cont) > len(old):
-                taken[i] = cont  # the longer one holds the shorter: same rank, more tokens
+                taken[i] = (old_n, cont)  # the longer one holds the shorter: same rank (n >= this n), more tokens
             return
-    taken.append(cont)
+    taken.append((n, cont))
 
 
-def _trie(paths: list[list[int]]) -> tuple[list[int], list[int], list[int], list[list[int]]]:
+def _trie(paths: list[list[int]], matches: list[int]):
     """Python trie over the retrieved paths (loops over retrieved tokens only).
 
-    Returns per trie node, in creation order (parents first): token, parent (-1 = root), depth, and its
-    root path (tokens from depth 1 to its own).
+    Returns per trie node, in creation order (parents first): token, parent (-1 = root), depth, its root
+    path (tokens from depth 1 to its own) and its match length (the largest of the paths through it).
     """
-    tokens, parents, depths, node_paths = [], [], [], []
+    tokens, parents, depths, node_paths, node_match = [], [], [], [], []
     children: dict[tuple[int, int], int] = {}
-    for path in paths:
+    for path, n in zip(paths, matches):
         cur = -1
         for d, tok in enumerate(path, start=1):
             key = (cur, tok)
@@ -124,8 +133,10 @@ def _trie(paths: list[list[int]]) -> tuple[list[int], list[int], list[int], list
                 parents.append(cur)
                 depths.append(d)
                 node_paths.append(path[:d])
+                node_match.append(n)
             cur = children[key]
-    return tokens, parents, depths, node_paths
+            node_match[cur] = max(node_match[cur], n)
+    return tokens, parents, depths, node_paths, node_match
 
 
 def _long_table(rows: list[list[int]], device) -> torch.LongTensor:
@@ -150,6 +161,7 @@ def merge_retrieved(
     max_depth: int | None = None,
     device: torch.device | str | None = None,
     tree_depth: int | None = None,
+    matches: list[int] | None = None,
 ) -> MergedTree:
     """One tree from `tree` (the head's, or None) plus the root-anchored `paths` (token ids), merged as a trie.
 
@@ -158,9 +170,12 @@ def merge_retrieved(
     and siblings stay distinct (the head's siblings are distinct, and a retrieved child is only added
     where no sibling carries its token). The tree's ancestor mask is extended, not rebuilt: one host sync
     (how many nodes are new). `tree_depth` (an upper bound of `tree`'s depth) is no longer needed; kept for callers.
+    `matches`: per path, its match length (`SuffixIndex.lookup_matches`); recorded per new node as `match`.
     """
+    matches = [0] * len(paths) if matches is None else matches
     if max_depth is not None:
         paths = [p[:max_depth] for p in paths]
+    matches = [n for p, n in zip(paths, matches) if p]
     paths = [p for p in paths if p]
     if device is None:
         device = tree.tokens.device if tree is not None else "cpu"
@@ -175,18 +190,22 @@ def merge_retrieved(
     head_source = getattr(tree, "source", None)
     if head_source is None:
         head_source = torch.full((t,), HEAD_SOURCE, dtype=torch.long, device=device)
+    head_match = getattr(tree, "match", None)
+    if head_match is None:
+        head_match = torch.zeros(t, dtype=torch.long, device=device)
     if not paths:
-        return MergedTree(tree.tokens, tree.parents, tree.depth, tree.ancestors, tree.scores, head_source)
+        return MergedTree(tree.tokens, tree.parents, tree.depth, tree.ancestors, tree.scores, head_source, head_match)
 
-    r_tokens, r_parents, r_depths, r_paths = _trie(paths)
+    r_tokens, r_parents, r_depths, r_paths, r_match = _trie(paths, matches)
     width = max(r_depths)
     chains = []  # per trie node: the trie nodes of its root path, itself included (-1, the root, pads on the left)
     for r, parent in enumerate(r_parents):
         chains.append((chains[parent] if parent >= 0 else [-1] * (width + 1))[1:] + [r])  # W + 1 entries
-    table = _long_table([[tok, par, dep] + p + [-1] * (width - len(p)) + chain
-                         for tok, par, dep, p, chain in zip(r_tokens, r_parents, r_depths, r_paths, chains)], device)
-    r_tok, r_par, r_dep = table[:, 0], table[:, 1], table[:, 2]  # [R] each
-    padded, chain_of = table[:, 3 : 3 + width], table[:, 3 + width :]  # [R, W] root paths, [R, W + 1] trie chains
+    table = _long_table([[tok, par, dep, n] + p + [-1] * (width - len(p)) + chain
+                         for tok, par, dep, n, p, chain in zip(r_tokens, r_parents, r_depths, r_match, r_paths, chains)],
+                        device)
+    r_tok, r_par, r_dep, r_n = table[:, 0], table[:, 1], table[:, 2], table[:, 3]  # [R] each
+    padded, chain_of = table[:, 4 : 4 + width], table[:, 4 + width :]  # [R, W] root paths, [R, W + 1] trie chains
 
     if t:
         same = (head_paths(tree, width)[None, :, :] == padded[:, None, :]).all(dim=-1)  # [R, T]
@@ -218,6 +237,7 @@ def merge_retrieved(
         ancestors=ancestors,
         scores=scores,
         source=torch.cat([head_source, torch.full_like(new_tok, RETRIEVAL_SOURCE)]),
+        match=torch.cat([head_match, r_n.index_select(0, new)]),
     )
 
 
@@ -250,11 +270,11 @@ class RetrievalDrafter:
         tree = self.inner.draft(input_ids, max_depth=max_depth) if self.inner is not None else None
         self.index.extend(input_ids[0, len(self.index) :].tolist())  # the one host sync: the new tokens
         length = self.length if max_depth is None else max(1, min(self.length, max_depth))
-        paths = self.index.lookup(self.branches, length)
+        found = self.index.lookup_matches(self.branches, length)
         depth_bound = None
         if tree is not None and self.inner_depth is not None:
             depth_bound = self.inner_depth if max_depth is None else max(1, min(self.inner_depth, max_depth))
-        return merge_retrieved(tree, paths, length, input_ids.device, depth_bound)
+        return merge_retrieved(tree, [c for _, c in found], length, input_ids.device, depth_bound, [n for n, _ in found])
 
 
 __all__ = ["SuffixIndex", "MergedTree", "merge_retrieved", "head_paths", "RetrievalDrafter",
