@@ -2,7 +2,7 @@
 # Issue 13 items 2, 4, 5: the long EAGLE-2 / FSPAD pair on ~10x the first heads' data, milestones for the learning curve.
 #
 #   bash scripts/long_runs.sh train       # EAGLE-2 + FSPAD as one head group: same batches, one target forward per step
-#   bash scripts/long_runs.sh carry       # the newest checkpoint -> milestones/smollm2-pair (commit it)
+#   bash scripts/long_runs.sh carry       # checkpoint now (a running job saves its step), -> milestones/smollm2-pair
 #   bash scripts/long_runs.sh milestones  # held-out tau of every saved 1,500-step milestone (fp32, static 8/3/4)
 #   bash scripts/long_runs.sh shipped     # the first shipped heads on the same held-out set (the curve's start)
 #   bash scripts/long_runs.sh data        # tokens per example of the run's data (the curve's x axis)
@@ -54,12 +54,21 @@ if [[ $STEP == train || $STEP == all ]]; then
     --draft_vocab_size 8192 --per_device_train_batch_size 4 --learning_rate 5e-4 \
     --lr_scheduler_type constant_with_warmup --warmup_steps 100 --save_steps "$SAVE" --save_total_limit 100 \
     --logging_steps 50 --eval_fraction 0.005 --eval_strategy steps --eval_steps "$MILESTONE" --eval_unroll_steps 3 \
-    --seed 0 --use_cpu "${AMP[@]}" --disable_tqdm true --max_steps "$STEPS" --output_dir "$RUN" "${continue[@]}" $RECIPE \
+    --seed 0 --use_cpu "${AMP[@]}" --save_on_signal true --disable_tqdm true --max_steps "$STEPS" --output_dir "$RUN" "${continue[@]}" $RECIPE \
     >> runs/logs/long-pair.log 2>&1
 fi
 
 newest_checkpoint() { python -c "from fspad_hf.training.checkpoints import last_complete_checkpoint as f; print(f('$RUN') or '')"; }
 if [[ $STEP == carry ]]; then
+  # a run in progress checkpoints its current step first (SIGUSR1, --save_on_signal): no step since the last
+  # save_steps multiple is lost when the session ends
+  pid=$(pgrep -f "fspad-hf train .*--output_dir $RUN" | head -1 || true)
+  if [[ -n $pid ]]; then
+    before=$(newest_checkpoint)
+    kill -USR1 "$pid"
+    echo "asked the training run ($pid) for a checkpoint; waiting for the step in progress to end"
+    while [[ $(newest_checkpoint) == "$before" ]] && kill -0 "$pid" 2> /dev/null; do sleep 5; done
+  fi
   ckpt=$(newest_checkpoint)
   [[ -n $ckpt ]] || { echo "no complete checkpoint in $RUN" >&2; exit 1; }
   rm -rf "$CARRY.new" && fspad-hf carry --checkpoint "$ckpt" --output "$CARRY.new" && rm -rf "$CARRY" && mv "$CARRY.new" "$CARRY"

@@ -1,9 +1,12 @@
 """Head groups (several heads, one target forward per step) and carries (continuing a run on another machine)."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from fspad_hf import FSPADDraftModel
 from fspad_hf.cli import main
@@ -143,3 +146,35 @@ def test_cli_trains_a_pair_and_continues_from_a_carry(tmp_path):
     with pytest.raises(SystemExit, match="twice"):
         main(["train", "--target", str(tmp_path / "t"), "--data", str(tmp_path / "chat.json"), "--method", "fspad,fspad",
               "--output_dir", str(tmp_path / "c"), "--max_steps", "1", "--use_cpu"])
+
+
+class SendSignal(TrainerCallback):
+    """Sends `sig` to this process at the end of step `at` (as `kill -USR1 <pid>` from a shell would)."""
+
+    def __init__(self, sig, at):
+        self.sig, self.at = sig, at
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.at:
+            os.kill(os.getpid(), self.sig)
+
+
+@pytest.mark.parametrize("sig, stops", [(signal.SIGUSR1, False), (signal.SIGTERM, True)])
+def test_a_signal_checkpoints_the_current_step(setup, tmp_path, sig, stops):
+    """SIGUSR1 saves checkpoint-N at the step in progress and training goes on; SIGTERM saves and stops. Without
+    `save_on_signal` no handler is installed (the default SIGUSR1 action would kill the process: not tried)."""
+    target, data = setup
+    before = signal.getsignal(sig)
+    trainer = FSPADTrainer(model={m: new_head(target, m) for m in METHODS}, target=target, train_dataset=ChatDataset(data),
+                           args=args(tmp_path, save_strategy="steps", save_steps=100, save_on_signal=True),
+                           callbacks=[SendSignal(sig, 5)])
+    assert signal.getsignal(sig) is not before  # installed
+    trainer.train()
+    assert checkpoint_problem(tmp_path / "checkpoint-5") is None
+    assert json.loads((tmp_path / "checkpoint-5" / "trainer_state.json").read_text())["global_step"] == 5
+    assert trainer.state.global_step == (5 if stops else 12)
+    assert last_complete_checkpoint(tmp_path).name == ("checkpoint-5" if stops else "checkpoint-12")  # 12: the end
+    assert signal.getsignal(sig) == before  # put back when training ended
+    plain = FSPADTrainer(model=new_head(target, "fspad"), args=args(tmp_path / "plain"), target=target,
+                         train_dataset=ChatDataset(data))
+    assert signal.getsignal(sig) == before and plain.args.save_on_signal is False

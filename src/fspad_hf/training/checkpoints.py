@@ -1,4 +1,5 @@
-"""Training checkpoints: find the newest complete `checkpoint-N` folder (a kill may leave a partial one)."""
+"""Training checkpoints: find the newest complete `checkpoint-N` folder (a kill may leave a partial one),
+carries (int8 heads + trainer state, to continue on another machine), and checkpoints on demand (a signal)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
 from pathlib import Path
 
 import torch
+from transformers import TrainerCallback
 
 from ..head.loading import SAFE_WEIGHTS_NAME, weights_files
 from ..integrity import CorruptCheckpointError, check_safetensors_file, read_json
@@ -141,5 +145,47 @@ def restore_carry(carry: str | os.PathLike, output_dir: str | os.PathLike) -> Pa
     return folder
 
 
-__all__ = ["checkpoint_problem", "save_carry", "restore_carry", "last_complete_checkpoint", "read_group_manifest", "write_group_manifest",
+class SaveOnSignalCallback(TrainerCallback):
+    """Checkpoint at the end of the current step when the process gets a signal, so no step is lost.
+
+    `save_signals` (default SIGUSR1): save and go on (`kill -USR1 <pid>` before a machine goes away);
+    `stop_signals` (default SIGTERM): save and stop. A handler only records the signal; the step in
+    progress finishes and `Trainer` writes the checkpoint as at a `save_steps` multiple. Signal handlers
+    can only be set from the main thread: elsewhere this callback warns and does nothing.
+    """
+
+    def __init__(self, save_signals=(signal.SIGUSR1,), stop_signals=(signal.SIGTERM,)):
+        self.save_signals, self.stop_signals = tuple(save_signals), tuple(stop_signals)
+        self.pending: int | None = None
+        self.previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("SaveOnSignalCallback: not in the main thread, no signal handler installed")
+            return
+        for sig in self.save_signals + self.stop_signals:
+            self.previous[sig] = signal.signal(sig, self._record)
+
+    def _record(self, signum, frame) -> None:
+        self.pending = signum if self.pending not in self.stop_signals else self.pending  # a stop is never downgraded
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before (the trainer calls it when training ends)."""
+        for sig, old in self.previous.items():
+            signal.signal(sig, old)
+        self.previous = {}
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.pending is None:
+            return
+        stop = self.pending in self.stop_signals
+        logger.warning("signal %s: checkpoint at step %d%s", signal.Signals(self.pending).name, state.global_step,
+                       ", then stop" if stop else "")
+        control.should_save = True
+        control.should_training_stop = control.should_training_stop or stop
+        self.pending = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.restore()
+
+
+__all__ = ["SaveOnSignalCallback", "checkpoint_problem", "save_carry", "restore_carry", "last_complete_checkpoint", "read_group_manifest", "write_group_manifest",
            "GROUP_MANIFEST_NAME", "TRAINER_STATE_NAME"]

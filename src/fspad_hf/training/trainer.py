@@ -23,7 +23,7 @@ from ..head.modeling import FSPADDraftModel, unwrap_head
 from .batches import collate
 from .features import target_features
 from .losses import LossWeights, position_mask
-from .checkpoints import read_group_manifest, write_group_manifest
+from .checkpoints import SaveOnSignalCallback, read_group_manifest, write_group_manifest
 from .objective import DraftObjective, GroupObjective
 
 TRAINING_ARGS_NAME = "training_args.bin"
@@ -58,6 +58,11 @@ class FSPADTrainingArguments(TrainingArguments):
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the papers use 0.95)."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Norm clipping (off: value clipping is used)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep loss_mask/hidden_states columns."})
+    save_on_signal: bool = field(
+        default=False,
+        metadata={"help": "Checkpoint at the end of the current step on SIGUSR1 (and go on) or SIGTERM (and stop): "
+                  "kill -USR1 <pid> saves the steps since the last save_steps multiple."},
+    )
 
 
 class ClipGradValueCallback(TrainerCallback):
@@ -107,6 +112,8 @@ class FSPADTrainer(Trainer):
         self._parts: dict[str, list[float]] = defaultdict(list)
         if getattr(args, "clip_grad_value", None):
             self.add_callback(ClipGradValueCallback(args.clip_grad_value))
+        if getattr(args, "save_on_signal", False):
+            self.add_callback(SaveOnSignalCallback())
 
     @property
     def is_group(self) -> bool:
