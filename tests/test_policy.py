@@ -11,7 +11,7 @@ import fspad_hf
 from fspad_hf import FSPADDraftModel
 from fspad_hf.decoding.cost_model import MAX_K, CostModel, CostTable
 from fspad_hf.decoding.policy import (
-    Calibration, CostCorrection, PolicyParams, acceptance, choose_size, learned_state, prune,
+    Calibration, CostCorrection, PolicyParams, RoundRates, acceptance, choose_size, drafting_loses, learned_state, prune,
 )
 from fspad_hf.decoding.retrieval import MergedTree
 from fspad_hf.decoding.settings import TreeSettings
@@ -305,6 +305,9 @@ def test_measured_costs_correct_the_predictions_and_are_remembered():
     assert fix.verify_offset < 0
     assert stats.predicted_ms[0] >= 10.0  # the first round had only the table
     calibration = memory["calibration"]
+    rates = memory["rates"]  # rule step 7: rounds with and without the head were both measured (plain probes)
+    assert rates.rounds[True] > 0 and rates.rounds[False] > 0
+    assert rates.rounds[True] + rates.rounds[False] == stats.num_rounds - 1
     learned = calibration.head_acc.clone()
     assert not torch.equal(learned, torch.ones_like(learned))  # the head's acceptance was learned
     # a second call starts from what the first learned (same objects), not from the priors
@@ -313,3 +316,18 @@ def test_measured_costs_correct_the_predictions_and_are_remembered():
     other = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
     assert learned_state(target, other, cm, settings) == {}  # per head ...
     assert learned_state(target, head, cm, dataclasses.replace(settings, retrieval_branches=2)) == {}  # ... and settings
+
+
+def test_the_realised_rate_guard_compares_drafted_rounds_with_rounds_without_the_head():
+    rates = RoundRates(decay=0.5)
+    assert rates.rate(True) is None and not drafting_loses(rates, 2, plain_ms=10.0)
+    rates.update(True, tokens=2, ms=30.0)  # 1/15 token per ms
+    assert not drafting_loses(rates, 2, plain_ms=10.0)  # one drafted round is not enough evidence
+    rates.update(True, tokens=2, ms=30.0)
+    assert drafting_loses(rates, 2, plain_ms=10.0)  # 1/15 < one token per 10 ms plain step
+    assert not drafting_loses(rates, 2, plain_ms=20.0)  # 1/15 > 1/20
+    rates.update(False, tokens=1, ms=20.0)  # measured rounds without the head replace the plain estimate
+    assert rates.rate(False) == pytest.approx(1 / 20) and not drafting_loses(rates, 2, plain_ms=10.0)
+    for _ in range(6):
+        rates.update(True, tokens=1, ms=30.0)  # the head's rounds get worse: the EMA follows
+    assert rates.rate(True) < 1 / 20 and drafting_loses(rates, 2, plain_ms=1e9)

@@ -56,6 +56,18 @@ The rule, per round:
    (retrieval candidates, cheap, are still offered and priced) except one probe round every
    `probe_every` rounds; a probe that chooses T > 0 resumes drafting, so a change of text (a
    copy-heavy passage, an easy stretch) is noticed.
+7. Realised-rate guard. Steps 3-4 price a round once its draft is paid (a sunk cost), so a head whose
+   trees only break even on the verification still loses its draft time every round. The policy
+   therefore keeps EMAs (weight `cost_decay`) of emitted tokens and wall ms per round, apart for rounds
+   where the head drafted and rounds where it did not (`RoundRates`); after `guard_rounds` drafted
+   rounds, when their tokens per ms fall below those of the undrafted rounds (before one was measured:
+   below one token per corrected plain step, t_verify(1) + o + e), the head stops drafting as in step 6
+   and probes every `probe_every` rounds, each probe updating the drafted EMA. While drafting, every
+   `probe_every`-th round is drafted without the head (a plain probe) until `guard_rounds` undrafted
+   rounds are known, then every 4 x `probe_every`-th: the plain step's real cost is measured, not
+   assumed from a table that may have been calibrated under other load. Measured on a 2-core AMD
+   EPYC without bf16 instructions (fp32, 1 thread): a tree of 8 costs 1.8x a plain step there and the
+   head's draft 30-50 ms more, so at tau ~2.1 drafting lost 0-20% while every round "paid" in step 3.
 
 Memory across calls: what steps 2 and 5 learned is kept per (target, head, settings, cost table)
 while the target lives (`learned_state`), so a new `generate()` call starts from it instead of the
@@ -63,7 +75,7 @@ priors (a short answer is otherwise spent warming up); a new kind of text moves 
 rounds.
 
 Parameters (`PolicyParams`): decay 0.9, c_min 0.05, c_max 2.0, r_min 0.05, retrieval_prior 0.5, retrieval_weight 1,
-patience 3, probe_every 8; the cost EMAs of step 5 use `cost_decay` 0.8.
+patience 3, probe_every 8, guard_rounds 4; the cost EMAs of steps 5 and 7 use `cost_decay` 0.8.
 
 Lossless: pruning keeps an ancestor-closed subset of a tree whose siblings are distinct, chosen from
 the draft and past rounds only, so `verification.accept` (greedy identity, the sampling law) is
@@ -97,13 +109,14 @@ class PolicyParams:
     patience: int = 3  # drafted rounds choosing T = 0 before the head stops drafting
     probe_every: int = 8  # while not drafting, draft once every this many rounds
     cost_decay: float = 0.8  # EMA weight of the past for the measured-cost corrections (rule step 5)
+    guard_rounds: int = 4  # drafted rounds measured before the realised-rate guard may stop drafting (rule step 7)
 
     def __post_init__(self):
         if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.cost_decay < 1.0 or not 0.0 < self.c_min <= self.c_max or not 0.0 < self.r_min <= 1.0 or self.retrieval_weight <= 0.0:
             raise ValueError(f"PolicyParams needs 0 <= decay, cost_decay < 1, 0 < c_min <= c_max, 0 < r_min <= 1 and "
                              f"retrieval_weight > 0: {self}")
-        if self.patience < 1 or self.probe_every < 1:
-            raise ValueError(f"PolicyParams needs patience >= 1 and probe_every >= 1: {self}")
+        if self.patience < 1 or self.probe_every < 1 or self.guard_rounds < 1:
+            raise ValueError(f"PolicyParams needs patience, probe_every and guard_rounds >= 1: {self}")
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -272,6 +285,39 @@ class CostCorrection:
         self.rounds += 1
 
 
+class RoundRates:
+    """Realised tokens per ms of rounds where the head drafted and of rounds where it did not (rule step 7).
+
+    EMAs (weight `decay`) of emitted tokens and of wall ms per round, kept apart for the two kinds; plain
+    floats from host measurements (the loop's stats), no tensor read.
+    """
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.tokens = {True: 0.0, False: 0.0}  # drafted -> EMA of tokens emitted per round
+        self.ms = {True: 0.0, False: 0.0}  # drafted -> EMA of round wall ms
+        self.rounds = {True: 0, False: 0}
+
+    def update(self, drafted: bool, tokens: int, ms: float) -> None:
+        w = self.decay if self.rounds[drafted] else 0.0
+        self.tokens[drafted] = w * self.tokens[drafted] + (1.0 - w) * tokens
+        self.ms[drafted] = w * self.ms[drafted] + (1.0 - w) * ms
+        self.rounds[drafted] += 1
+
+    def rate(self, drafted: bool) -> float | None:
+        """Tokens per ms of that kind of round, None before one was measured."""
+        return self.tokens[drafted] / self.ms[drafted] if self.rounds[drafted] and self.ms[drafted] > 0 else None
+
+
+def drafting_loses(rates: RoundRates, guard_rounds: int, plain_ms: float) -> bool:
+    """Rule step 7: after `guard_rounds` drafted rounds, whether they realised fewer tokens per ms than the rounds
+    without the head (or, before one was measured, than a plain step of `plain_ms`: one token)."""
+    if rates.rounds[True] < guard_rounds:
+        return False
+    undrafted = rates.rate(False)
+    return rates.rate(True) < (undrafted if undrafted is not None else 1.0 / plain_ms)
+
+
 _MEMORY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # target -> {key: learned state}
 
 
@@ -321,6 +367,9 @@ class AdaptiveDrafter:
         self.since_probe = 0
         self.predicted_ms: float | None = None
         self.correction = self.memory.setdefault("correction", CostCorrection(self.params.cost_decay))
+        self.rates = self.memory.setdefault("rates", RoundRates(self.params.cost_decay))
+        self._drafted = False  # whether the last round's head drafted (for `rates`)
+        self.since_plain = 0  # drafted rounds since the last round without the head (rule step 7's plain probes)
         self._last = None  # (depth, raw, is_retrieval, match) of the verified nodes, for `feedback`
         self._priced = None  # (table draft ms, table verify ms, start time) of the last round, for step 5
 
@@ -335,6 +384,12 @@ class AdaptiveDrafter:
         table_draft, table_verify, start, _ = self._priced
         draft_ms, verify_ms = 1000.0 * st.draft_seconds[-1], 1000.0 * st.verify_seconds[-1]
         self.correction.update(table_draft, table_verify, draft_ms, verify_ms, 1000.0 * (now - start))
+        if self.head is not None and st.new_tokens_per_round:
+            self.rates.update(self._drafted, st.new_tokens_per_round[-1], 1000.0 * (now - start))
+
+    def _drafting_loses(self, plain_ms: float) -> bool:
+        """Rule step 7 (off for what-if cost models, which measure nothing)."""
+        return getattr(self.cost, "corrected", True) and drafting_loses(self.rates, self.params.guard_rounds, plain_ms)
 
     @torch.no_grad()
     def draft(self, input_ids: torch.LongTensor, max_depth: int | None = None):
@@ -346,6 +401,12 @@ class AdaptiveDrafter:
             self.calibration = self.memory["calibration"] = Calibration(self.depths, p_, input_ids.device,
                                                                         self.match_classes)
         drafting = self.head is not None and (not self.skipping or self.since_probe + 1 >= p_.probe_every)
+        if drafting and getattr(self.cost, "corrected", True):  # rule step 7: measure rounds without the head too
+            known = self.rates.rounds[False] >= p_.guard_rounds
+            self.since_plain += 1
+            drafting = self.since_plain < (4 * p_.probe_every if known else p_.probe_every)
+        if not drafting:
+            self.since_plain = 0
         if self.head is not None:
             self.since_probe = 0 if drafting else self.since_probe + 1
             self.head.skip, self.head.depth_limit = not drafting, self.depth_next
@@ -374,7 +435,8 @@ class AdaptiveDrafter:
         if levels:
             self.depth_next = max(1, min(self.settings.depth, int(values[-1])))
             self.idle = self.idle + 1 if size == 0 else 0
-            self.skipping = self.idle >= p_.patience
+            self.skipping = self.idle >= p_.patience or self._drafting_loses(plain_ms + fix.other_ms)
+        self._drafted = bool(levels)
         table_ms = self.cost.verify_ms(size + 1, context)  # == table[size]: host floats, no tensor read
         self.predicted_ms = draft_ms + fix.verify_ms(table_ms)
         round_index = len(self.stats.draft_seconds) if self.stats is not None else 0
@@ -396,4 +458,4 @@ class AdaptiveDrafter:
             self.calibration.update(depth, raw, is_ret, path, match)
 
 
-__all__ = ["AdaptiveDrafter", "Calibration", "CostCorrection", "learned_state", "PolicyParams", "acceptance", "choose_size", "prune"]
+__all__ = ["AdaptiveDrafter", "Calibration", "CostCorrection", "RoundRates", "drafting_loses", "learned_state", "PolicyParams", "acceptance", "choose_size", "prune"]
