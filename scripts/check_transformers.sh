@@ -53,11 +53,12 @@ record() {
 start=$SECONDS
 fresh_venv "$tmp/venv"
 cd "$tmp/src"
-run_logged "$tmp/install.log" "$install_cmd && pip install \"transformers==$version\""
+run_logged "$tmp/install.log" "$install_cmd"
 if [[ $RUN_RC -ne 0 ]]; then
     record "install failed (exit $RUN_RC)"
     exit 1
 fi
+install_transformers "$version" || { record "pip install transformers==$version failed"; exit 1; }
 got=$(transformers_version)
 echo "transformers installed: $got"
 if [[ "$got" != "$version" ]]; then
@@ -73,5 +74,6 @@ case $RUN_RC in
     *) summary+=" [pytest exit $RUN_RC]" ;;
 esac
 echo "wall time: $(fmt_seconds $((SECONDS - start)))"
+[[ -n $INSTALL_NOTE ]] && summary+=" [$INSTALL_NOTE]"
 record "$summary"
 exit "$RUN_RC"

@@ -14,6 +14,10 @@
 #                                  LOG's last line when pytest did not get to print one
 #   pytest_verdict RC LOG          PASS / FAIL text for a pytest exit code; exit 5 (no test ran) is a FAIL
 #   transformers_version           the transformers version in the active environment
+#   newest_transformers            the newest transformers release the package index offers
+#   install_transformers VERSION   pip install transformers==VERSION; when the index lacks one of that
+#                                  release's own dependencies, installs it --no-deps and says which
+#                                  (sets INSTALL_NOTE, "" when the normal install worked)
 #   fmt_seconds N                  "N s (XmYYs)"
 
 fresh_venv() {
@@ -99,6 +103,24 @@ pytest_verdict() {
 
 transformers_version() {
     python -c 'import transformers; print(transformers.__version__)' 2>/dev/null || echo "not installed"
+}
+
+newest_transformers() {
+    pip index versions transformers 2>/dev/null | sed -n 's/^transformers (\([0-9][0-9.]*\)).*/\1/p' | head -n1
+}
+
+install_transformers() {
+    local version=$1
+    INSTALL_NOTE=""
+    if pip install -q "transformers==$version"; then return 0; fi
+    # e.g. 5.25.0 requires kernels>=0.19.1,<0.20, absent from a registry that stops at 0.17.2: the release's
+    # own code can still be tested, without that dependency (the library turns Hub kernels off when the
+    # `kernels` package is not usable: fspad_hf.compat.load_kwargs)
+    echo "transformers==$version: its dependencies cannot all be installed from this index; installing it --no-deps" >&2
+    pip install -q --no-deps "transformers==$version" || return 1
+    INSTALL_NOTE="--no-deps: $(pip check 2>/dev/null | grep -E "^transformers $version requires" | sed -E 's/^transformers [^ ]+ requires //; s/, which is not installed\.?//' | paste -sd, -)"
+    INSTALL_NOTE=${INSTALL_NOTE%: }
+    echo "transformers==$version installed ($INSTALL_NOTE)" >&2
 }
 
 fmt_seconds() {

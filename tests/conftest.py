@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import pytest
 import torch
-from transformers import (
+from transformers.utils import is_kernels_available
+
+# transformers >= 5.25 loads with Hub kernels on by default and raises when the `kernels` package is missing
+# or out of its range (a `--no-deps` install of a release whose `kernels` is not on the registry). The library
+# turns them off for its own loads then (compat.load_kwargs); tests that load tiny models through
+# transformers' own `from_pretrained` get the same through the release's switch.
+if not is_kernels_available():
+    os.environ.setdefault("USE_HUB_KERNELS", "0")
+
+from transformers import (  # noqa: E402
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     LlamaConfig,

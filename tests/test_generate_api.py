@@ -203,6 +203,23 @@ def test_our_calls_raise_no_deprecation_warning(pair, caplog):
     assert not deprecated, deprecated
 
 
+def test_loads_turn_hub_kernels_off_only_when_the_kernels_package_is_unusable(pair, monkeypatch, tmp_path):
+    """transformers >= 5.25 defaults `use_kernels` on and raises when `kernels` is missing or out of range:
+    our head loads then pass use_kernels=False (the caller's own choice always wins)."""
+    import fspad_hf.compat as compat
+
+    monkeypatch.setattr(compat, "is_kernels_available", lambda: False)
+    assert compat.load_kwargs({"dtype": "x"}) == {"dtype": "x", "use_kernels": False}
+    assert compat.load_kwargs({"use_kernels": True}) == {"use_kernels": True}
+    _, head = pair
+    head.save_pretrained(tmp_path / "head")
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)  # the load itself must not need the test env's switch
+    loaded = FSPADDraftModel.from_pretrained(tmp_path / "head")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), head.state_dict().values()))
+    monkeypatch.setattr(compat, "is_kernels_available", lambda: True)
+    assert compat.load_kwargs({"dtype": "x"}) == {"dtype": "x"}
+
+
 def test_prefill_computes_logits_for_the_last_prompt_row_only(pair, monkeypatch):
     """Plain generate() keeps only the last prompt row's logits; the tree loop must not pay for the rest."""
     target, head = pair

@@ -132,8 +132,9 @@ LEFT_OUT_OF_STANDALONE = ("draft_objective", "FSPADTrainer", "load_int8", "check
 def test_custom_generate_holds_only_what_decoding_needs(repo):
     source = (repo / "custom_generate" / "generate.py").read_text()
     # issue 14 aimed at 1,200 lines; retrieval and adaptive-policy settings, head-free checks and the tau
-    # definition brought it to ~1,255 (their code itself is left out): the bound catches a regression
-    assert len(source.splitlines()) < 1300
+    # definition brought it to ~1,255 (their code itself is left out), transformers 5.25's kernels switch
+    # (compat.load_kwargs) to ~1,305: the bound catches a regression
+    assert len(source.splitlines()) < 1320
     for needle in LEFT_OUT_OF_STANDALONE:
         assert needle not in source, needle
     tree = ast.parse(source)

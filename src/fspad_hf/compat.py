@@ -6,6 +6,9 @@ Supported: the minors in pyproject's pin (see README "Tested transformers versio
   `generate()` keeps the user's cache under the new name in `model_kwargs`.
 - `GenerateDecoderOnlyOutput` follows the same rename.
 - The cache layer class that holds every position (tree tokens must be removable) is `DynamicLayer`.
+- 5.25 turned Hub kernels on by default in `from_pretrained` (`use_kernels=None` means on) and made the
+  `kernels` package a dependency in a narrow range; a load raises when it is missing or out of range (an
+  install with `--no-deps`, a registry without that release). `load_kwargs` turns them off for our loads then.
 
 Everything else in the library calls these helpers instead of spelling a name.
 """
@@ -17,6 +20,7 @@ import dataclasses
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils import is_kernels_available
 
 
 def _field_names(output_cls) -> set[str]:
@@ -59,6 +63,14 @@ def is_full_cache_layer(layer) -> bool:
     return type(layer) is FULL_CACHE_LAYER
 
 
+def load_kwargs(kwargs: dict) -> dict:
+    """`from_pretrained` keywords for a head or target load: Hub kernels off when the `kernels` package is not
+    usable (releases that default them on would raise), else the caller's choice or the release's default."""
+    if "use_kernels" in kwargs or is_kernels_available():
+        return kwargs
+    return {**kwargs, "use_kernels": False}
+
+
 __all__ = [
     "CACHE_NAME",
     "USER_CACHE_NAMES",
@@ -70,4 +82,5 @@ __all__ = [
     "user_caches",
     "generate_output",
     "is_full_cache_layer",
+    "load_kwargs",
 ]

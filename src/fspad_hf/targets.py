@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .compat import cache_kwargs, output_cache
+from .compat import cache_kwargs, load_kwargs, output_cache
 from .integrity import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,9 @@ def _load_pretrained(path, gguf_file, dtype, attn_implementation):
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     # GGUF weights are dequantised in float32; casting to another dtype happens afterwards.
     load_dtype = torch.float32 if gguf_file else dtype
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=load_dtype, attn_implementation=attn_implementation, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, **load_kwargs({"dtype": load_dtype, "attn_implementation": attn_implementation, **kwargs})
+    )
     if model.dtype != dtype:
         model = model.to(dtype)
     return model, tokenizer

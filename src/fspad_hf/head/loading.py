@@ -15,6 +15,7 @@ from pathlib import Path
 
 from safetensors import SafetensorError
 
+from ..compat import load_kwargs
 from ..integrity import CorruptCheckpointError, check_safetensors_file, read_json
 
 logger = logging.getLogger(__name__)
@@ -187,7 +188,7 @@ def load_head(cls, base_from_pretrained, source, *model_args, **kwargs):
         if [f.name for f in files] == [INT8_WEIGHTS_NAME]:
             return load_int8(cls, folder, kwargs.get("dtype", kwargs.get("torch_dtype")))
     try:
-        return base_from_pretrained(source, *model_args, **kwargs)
+        return base_from_pretrained(source, *model_args, **load_kwargs(kwargs))
     except SafetensorError as error:  # e.g. a Hub download cut short
         raise CorruptCheckpointError(
             f"The safetensors weights of '{source}' are corrupt or truncated: {error}. Download them again."

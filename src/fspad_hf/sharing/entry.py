@@ -21,6 +21,7 @@ from transformers.generation.utils import GenerationMixin
 # fspad-hf: vendored-begin
 # When fspad-hf builds a repo, this block is replaced by a pinned copy of the library code it needs, so
 # the published file depends only on torch, transformers and safetensors (see fspad_hf.sharing.standalone).
+from fspad_hf.compat import load_kwargs
 from fspad_hf.head.configuration import FSPADConfig
 from fspad_hf.decoding.generation import tree_generate
 from fspad_hf.head.modeling import FSPADDraftModel
@@ -36,7 +37,7 @@ def _safetensors_from_pretrained(cls, source, *model_args, **kwargs):
     own `from_pretrained`, reading config.json + safetensors weights only, never a pickle checkpoint."""
     if kwargs.get("use_safetensors") is False:
         raise ValueError("FSPAD heads load from safetensors only (use_safetensors=False would allow pickle files).")
-    return super(FSPADDraftModel, cls).from_pretrained(source, *model_args, **{**kwargs, "use_safetensors": True})
+    return super(FSPADDraftModel, cls).from_pretrained(source, *model_args, **load_kwargs({**kwargs, "use_safetensors": True}))
 
 
 class RetrievalDrafter:
