@@ -11,7 +11,7 @@ import fspad_hf
 from fspad_hf import FSPADDraftModel
 from fspad_hf.decoding.cost_model import MAX_K, CostModel, CostTable
 from fspad_hf.decoding.policy import (
-    Calibration, CostCorrection, PolicyParams, RoundRates, acceptance, choose_size, drafting_loses, learned_state, prune,
+    AdaptiveDrafter, Calibration, CostCorrection, PolicyParams, RoundRates, acceptance, choose_size, drafting_loses, learned_state, prune,
 )
 from fspad_hf.decoding.retrieval import MergedTree
 from fspad_hf.decoding.settings import TreeSettings
@@ -316,6 +316,34 @@ def test_measured_costs_correct_the_predictions_and_are_remembered():
     other = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
     assert learned_state(target, other, cm, settings) == {}  # per head ...
     assert learned_state(target, head, cm, dataclasses.replace(settings, retrieval_branches=2)) == {}  # ... and settings
+
+
+def test_probes_thin_out_while_the_guard_holds_and_each_call_looks_afresh(monkeypatch):
+    """Rule step 7: after each probe that leaves the guard holding, the gap to the next doubles (8, 16, 32, ...)."""
+    target = make_target("llama", seed=2)
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
+    ids = repeated_prompt(2)
+    ref = target.generate(ids, max_new_tokens=100, do_sample=False)
+    drafted: list[bool] = []
+    draft = AdaptiveDrafter.draft
+
+    def recording_draft(self, *args, **kwargs):
+        tree = draft(self, *args, **kwargs)
+        drafted.append(self._drafted)
+        return tree
+
+    monkeypatch.setattr(AdaptiveDrafter, "draft", recording_draft)
+    monkeypatch.setattr(AdaptiveDrafter, "_drafting_loses", lambda self, plain_ms: True)  # the head always loses
+    params = PolicyParams()
+    for _ in range(2):
+        drafted.clear()
+        out = target.generate(ids, assistant_model=head, tree_policy="adaptive", cost_model=cost_model(MODERATE),
+                              retrieval_branches=0, max_new_tokens=100, do_sample=False)
+        assert torch.equal(out, ref) and len(drafted) > 56  # rounds without the head emit one token each
+        probes = [i for i, d in enumerate(drafted) if d]
+        gaps = [params.probe_every * 2**j for j in range(3)]  # 8, 16, 32 rounds, then 64 (the cap, 8 x 8)
+        assert probes[:4] == [0, gaps[0], gaps[0] + gaps[1], sum(gaps)]
+        assert len(probes) == 4 + (len(drafted) > sum(gaps) + params.max_probe_gap * params.probe_every)
 
 
 def test_the_realised_rate_guard_compares_drafted_rounds_with_rounds_without_the_head():

@@ -62,7 +62,10 @@ The rule, per round:
    where the head drafted and rounds where it did not (`RoundRates`); after `guard_rounds` drafted
    rounds, when their tokens per ms fall below those of the undrafted rounds (before one was measured:
    below one token per corrected plain step, t_verify(1) + o + e), the head stops drafting as in step 6
-   and probes every `probe_every` rounds, each probe updating the drafted EMA. While drafting, every
+   and probes every `probe_every` rounds, each probe updating the drafted EMA; each probe after which the
+   guard still holds doubles the gap to the next (up to `max_probe_gap` x `probe_every`; back to
+   `probe_every` when drafting resumes, and at each new call): in a call where the head loses, its
+   probes cost less and less, and a new prompt is looked at afresh. While drafting, every
    `probe_every`-th round is drafted without the head (a plain probe) until `guard_rounds` undrafted
    rounds are known, then every 4 x `probe_every`-th: the plain step's real cost is measured, not
    assumed from a table that may have been calibrated under other load. Measured on a 2-core AMD
@@ -75,7 +78,7 @@ priors (a short answer is otherwise spent warming up); a new kind of text moves 
 rounds.
 
 Parameters (`PolicyParams`): decay 0.9, c_min 0.05, c_max 2.0, r_min 0.05, retrieval_prior 0.5, retrieval_weight 1,
-patience 3, probe_every 8, guard_rounds 4; the cost EMAs of steps 5 and 7 use `cost_decay` 0.8.
+patience 3, probe_every 8, guard_rounds 4, max_probe_gap 8; the cost EMAs of steps 5 and 7 use `cost_decay` 0.8.
 
 Lossless: pruning keeps an ancestor-closed subset of a tree whose siblings are distinct, chosen from
 the draft and past rounds only, so `verification.accept` (greedy identity, the sampling law) is
@@ -110,13 +113,14 @@ class PolicyParams:
     probe_every: int = 8  # while not drafting, draft once every this many rounds
     cost_decay: float = 0.8  # EMA weight of the past for the measured-cost corrections (rule step 5)
     guard_rounds: int = 4  # drafted rounds measured before the realised-rate guard may stop drafting (rule step 7)
+    max_probe_gap: int = 8  # while the guard holds, the probe gap doubles up to this many x probe_every (rule step 7)
 
     def __post_init__(self):
         if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.cost_decay < 1.0 or not 0.0 < self.c_min <= self.c_max or not 0.0 < self.r_min <= 1.0 or self.retrieval_weight <= 0.0:
             raise ValueError(f"PolicyParams needs 0 <= decay, cost_decay < 1, 0 < c_min <= c_max, 0 < r_min <= 1 and "
                              f"retrieval_weight > 0: {self}")
-        if self.patience < 1 or self.probe_every < 1 or self.guard_rounds < 1:
-            raise ValueError(f"PolicyParams needs patience, probe_every and guard_rounds >= 1: {self}")
+        if self.patience < 1 or self.probe_every < 1 or self.guard_rounds < 1 or self.max_probe_gap < 1:
+            raise ValueError(f"PolicyParams needs patience, probe_every, guard_rounds and max_probe_gap >= 1: {self}")
 
 
 # ---------------------------------------------------------------------------- pure functions
@@ -365,6 +369,7 @@ class AdaptiveDrafter:
         self.idle = 0  # consecutive drafted rounds that chose T = 0
         self.skipping = False
         self.since_probe = 0
+        self.probe_gap = self.params.probe_every  # rounds between two head probes while skipping (rule steps 6-7)
         self.predicted_ms: float | None = None
         self.correction = self.memory.setdefault("correction", CostCorrection(self.params.cost_decay))
         self.rates = self.memory.setdefault("rates", RoundRates(self.params.cost_decay))
@@ -400,7 +405,8 @@ class AdaptiveDrafter:
         if self.calibration is None or self.calibration.head_acc.device != input_ids.device:
             self.calibration = self.memory["calibration"] = Calibration(self.depths, p_, input_ids.device,
                                                                         self.match_classes)
-        drafting = self.head is not None and (not self.skipping or self.since_probe + 1 >= p_.probe_every)
+        probing = self.skipping and self.since_probe + 1 >= self.probe_gap
+        drafting = self.head is not None and (not self.skipping or probing)
         if drafting and getattr(self.cost, "corrected", True):  # rule step 7: measure rounds without the head too
             known = self.rates.rounds[False] >= p_.guard_rounds
             self.since_plain += 1
@@ -435,7 +441,12 @@ class AdaptiveDrafter:
         if levels:
             self.depth_next = max(1, min(self.settings.depth, int(values[-1])))
             self.idle = self.idle + 1 if size == 0 else 0
-            self.skipping = self.idle >= p_.patience or self._drafting_loses(plain_ms + fix.other_ms)
+            guarded = self._drafting_loses(plain_ms + fix.other_ms)
+            self.skipping = self.idle >= p_.patience or guarded
+            if not self.skipping:
+                self.probe_gap = p_.probe_every
+            elif probing and guarded:  # the guard still holds after a probe: probe half as often
+                self.probe_gap = min(2 * self.probe_gap, p_.max_probe_gap * p_.probe_every)
         self._drafted = bool(levels)
         table_ms = self.cost.verify_ms(size + 1, context)  # == table[size]: host floats, no tensor read
         self.predicted_ms = draft_ms + fix.verify_ms(table_ms)
