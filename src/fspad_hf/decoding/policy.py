@@ -70,7 +70,8 @@ The rule, per round:
    rounds are known, then every 4 x `probe_every`-th: the plain step's real cost is measured, not
    assumed from a table that may have been calibrated under other load. Measured on a 2-core AMD
    EPYC without bf16 instructions (fp32, 1 thread): a tree of 8 costs 1.8x a plain step there and the
-   head's draft 30-50 ms more, so at tau ~2.1 drafting lost 0-20% while every round "paid" in step 3.
+   head's draft 30-50 ms more; on 20 Spec-Bench turns there the default ran 1.01x of plain decoding
+   without this step and 1.13x with it (a partial run, not committed: benchmarks/results/grid-epyc-avx2).
 
 Memory across calls: what steps 2 and 5 learned is kept per (target, head, settings, cost table)
 while the target lives (`learned_state`), so a new `generate()` call starts from it instead of the
