@@ -245,6 +245,11 @@ class Calibration:
         self.ret_off.mul_(torch.where(offered > 0, decay, 1.0)).add_(offered)
 
 
+def _ema(old: float, new: float, weight: float) -> float:
+    """Host-float EMA step (`weight` on the past; 0 replaces it): the cost corrections of rule steps 5 and 7."""
+    return weight * old + (1.0 - weight) * new
+
+
 class CostCorrection:
     """Measured vs predicted round times (rule step 5); plain floats (the times are host measurements)."""
 
@@ -276,17 +281,13 @@ class CostCorrection:
         """One round: the table's (uncorrected) predictions and what was measured (`round_ms`: wall time from
         this round's draft to the next one's, None when unknown)."""
         w = self.decay if self.rounds else 0.0  # the first round replaces the priors
-
-        def ema(old: float, new: float) -> float:
-            return w * old + (1.0 - w) * new
-
         if predicted_draft > 0.0:
             wd = self.decay if self.draft_predicted > 0.0 else 0.0
-            self.draft_measured = wd * self.draft_measured + (1.0 - wd) * draft_ms
-            self.draft_predicted = wd * self.draft_predicted + (1.0 - wd) * predicted_draft
-        self.verify_offset = ema(self.verify_offset, verify_ms - predicted_verify)
+            self.draft_measured = _ema(self.draft_measured, draft_ms, wd)
+            self.draft_predicted = _ema(self.draft_predicted, predicted_draft, wd)
+        self.verify_offset = _ema(self.verify_offset, verify_ms - predicted_verify, w)
         if round_ms is not None:
-            self.other_ms = ema(self.other_ms, max(0.0, round_ms - draft_ms - verify_ms))
+            self.other_ms = _ema(self.other_ms, max(0.0, round_ms - draft_ms - verify_ms), w)
         self.rounds += 1
 
 
@@ -304,9 +305,9 @@ class RoundRates:
         self.rounds = {True: 0, False: 0}
 
     def update(self, drafted: bool, tokens: int, ms: float) -> None:
-        w = self.decay if self.rounds[drafted] else 0.0
-        self.tokens[drafted] = w * self.tokens[drafted] + (1.0 - w) * tokens
-        self.ms[drafted] = w * self.ms[drafted] + (1.0 - w) * ms
+        w = self.decay if self.rounds[drafted] else 0.0  # the first round of a kind replaces the zero start
+        self.tokens[drafted] = _ema(self.tokens[drafted], tokens, w)
+        self.ms[drafted] = _ema(self.ms[drafted], ms, w)
         self.rounds[drafted] += 1
 
     def rate(self, drafted: bool) -> float | None:
