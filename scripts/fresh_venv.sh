@@ -106,7 +106,7 @@ transformers_version() {
 }
 
 newest_transformers() {
-    pip index versions transformers 2>/dev/null | sed -n 's/^transformers (\([0-9][0-9.]*\)).*/\1/p' | head -n1
+    "${PYTHON:-python}" -m pip index versions transformers 2>/dev/null | sed -n 's/^transformers (\([0-9][0-9.]*\)).*/\1/p' | head -n1
 }
 
 install_transformers() {
