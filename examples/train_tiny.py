@@ -18,7 +18,7 @@ import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
 from fspad_hf.training.data import ChatDataset
 from fspad_hf.training.distill import greedy_continuations
-from fspad_hf.training.trainer import FSPADTrainer, FSPADTrainingArguments
+from fspad_hf.training.trainer import FSPADTrainer, FSPADTrainingArguments, finish_distributed
 
 logging.basicConfig(level=logging.INFO, format="%(message)s")
 log = logging.getLogger("train_tiny")
@@ -78,6 +78,7 @@ def main():
         after = mean_tau(target, head, held_out)
         head.save_pretrained(f"{a.output_dir}/head")
         log.info("tau on held-out self-generated text: untrained %.2f -> trained %.2f", before, after)
+    finish_distributed()  # the other ranks wait here for rank 0's measuring and saving
 
 
 if __name__ == "__main__":

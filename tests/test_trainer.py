@@ -208,3 +208,14 @@ def test_head_trained_with_bf16_mixed_precision_still_generates(tmp_path):
     prompt = torch.tensor([[1, 2, 3]])
     out = target.generate(prompt, assistant_model=head, max_new_tokens=8, do_sample=False)
     assert out.shape[1] == 11
+
+
+def test_finish_distributed_closes_the_process_group_and_is_a_no_op_without_one(tmp_path):
+    """A rank leaving with its gloo group alive can abort at exit (SIGABRT in teardown): scripts end with this."""
+    from fspad_hf import finish_distributed
+
+    finish_distributed()  # one process, no group: nothing to do
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path}/rendezvous", rank=0, world_size=1)
+    assert torch.distributed.is_initialized()
+    finish_distributed()
+    assert not torch.distributed.is_initialized()

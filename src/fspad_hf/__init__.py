@@ -37,6 +37,7 @@ _LAZY = {
     "FSPADTrainingArguments": "training.trainer",
     "select_draft_vocab": "training.trainer",
     "init_from_head": "training.trainer",
+    "finish_distributed": "training.trainer",
     "ChatDataset": "training.data",
     "load_conversations": "training.data",
     "regenerate_conversations": "training.distill",

@@ -251,6 +251,7 @@ def cmd_train(argv: list[str]) -> None:
     model = models if len(models) > 1 else next(iter(models.values()))
     trainer = FSPADTrainer(model=model, args=args, target=target, train_dataset=train_set, eval_dataset=eval_set)
     from .training.checkpoints import last_complete_checkpoint, restore_carry
+    from .training.trainer import finish_distributed
 
     last = args.resume_from_checkpoint
     if last is None and hargs.continue_from:  # another machine's run: its carry becomes checkpoint-N here
@@ -262,12 +263,14 @@ def cmd_train(argv: list[str]) -> None:
         logger.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
     final = Path(args.output_dir) / "final"
-    for m, member in models.items():
-        folder = final / m if len(models) > 1 else final
-        (member.merge_and_unload() if hargs.lora_r > 0 else member).save_pretrained(folder)
-    if eval_set is not None:
+    if trainer.is_world_process_zero():  # one writer per file
+        for m, member in models.items():
+            folder = final / m if len(models) > 1 else final
+            (member.merge_and_unload() if hargs.lora_r > 0 else member).save_pretrained(folder)
+        logger.info("saved the trained head%s to %s", "s" if len(models) > 1 else "", final)
+    if eval_set is not None:  # every rank takes part in a distributed evaluation
         trainer.evaluate()
-    logger.info("saved the trained head%s to %s", "s" if len(models) > 1 else "", final)
+    finish_distributed()
 
 
 # ------------------------------------------------------------------------------------ bench / demo

@@ -234,6 +234,16 @@ class FSPADTrainer(Trainer):
         return metrics
 
 
+def finish_distributed() -> None:
+    """Wait for every rank, then close the process group; a no-op in one process. Call it last in a multi-process
+    training script: a rank that leaves while the group is alive (rank 1 done while rank 0 still measures or
+    saves) can abort in gloo's teardown ("terminate called without an active exception", SIGABRT) and fail
+    the whole launch although training succeeded."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def _check_trainable(head: FSPADDraftModel) -> None:
     if head.target_feature_layers is not None:  # e.g. an EAGLE-3 head (head/eagle3.py)
         raise NotImplementedError(
