@@ -13,6 +13,7 @@ from fspad_hf.decoding.cost_model import MAX_K, CostModel, CostTable
 from fspad_hf.decoding.policy import (
     AdaptiveDrafter, Calibration, CostCorrection, PolicyParams, RoundRates, acceptance, choose_size, drafting_loses, learned_state, prune,
 )
+from fspad_hf.decoding.round_costs import DRAFTED, SHADOW, UNDRAFTED, shadow_estimates, shadow_tokens
 from fspad_hf.decoding.retrieval import MergedTree
 from fspad_hf.decoding.settings import TreeSettings
 from fspad_hf.decoding.tree import ancestor_mask
@@ -305,9 +306,14 @@ def test_measured_costs_correct_the_predictions_and_are_remembered():
     assert fix.verify_offset < 0
     assert stats.predicted_ms[0] >= 10.0  # the first round had only the table
     calibration = memory["calibration"]
-    rates = memory["rates"]  # rule step 7: rounds with and without the head were both measured (plain probes)
-    assert rates.rounds[True] > 0 and rates.rounds[False] > 0
-    assert rates.rounds[True] + rates.rounds[False] == stats.num_rounds - 1
+    rates = memory["rates"]  # rule step 7 with retrieval on: each measured drafted round has its retrieval shadow
+    assert settings.retrieval_branches > 0 and rates.rounds[DRAFTED] > 0
+    assert rates.rounds[SHADOW] == rates.rounds[DRAFTED]
+    assert rates.rounds[DRAFTED] + rates.rounds[UNDRAFTED] == stats.num_rounds - 1
+    target.generate(ids, assistant_model=head, tree_policy="adaptive", cost_model=cm, max_new_tokens=30,
+                    retrieval_branches=0)  # without retrieval: plain probes measure rounds without the head
+    no_ret = learned_state(target, head, cm, head.last_generation_stats.settings)["rates"]
+    assert no_ret.rounds[DRAFTED] > 0 and no_ret.rounds[UNDRAFTED] > 0 and no_ret.rounds[SHADOW] == 0
     learned = calibration.head_acc.clone()
     assert not torch.equal(learned, torch.ones_like(learned))  # the head's acceptance was learned
     # a second call starts from what the first learned (same objects), not from the priors
@@ -348,14 +354,65 @@ def test_probes_thin_out_while_the_guard_holds_and_each_call_looks_afresh(monkey
 
 def test_the_realised_rate_guard_compares_drafted_rounds_with_rounds_without_the_head():
     rates = RoundRates(decay=0.5)
-    assert rates.rate(True) is None and not drafting_loses(rates, 2, plain_ms=10.0)
-    rates.update(True, tokens=2, ms=30.0)  # 1/15 token per ms
+    assert rates.rate(DRAFTED) is None and not drafting_loses(rates, 2, plain_ms=10.0)
+    rates.update(DRAFTED, tokens=2, ms=30.0)  # 1/15 token per ms
     assert not drafting_loses(rates, 2, plain_ms=10.0)  # one drafted round is not enough evidence
-    rates.update(True, tokens=2, ms=30.0)
+    rates.update(DRAFTED, tokens=2, ms=30.0)
     assert drafting_loses(rates, 2, plain_ms=10.0)  # 1/15 < one token per 10 ms plain step
     assert not drafting_loses(rates, 2, plain_ms=20.0)  # 1/15 > 1/20
-    rates.update(False, tokens=1, ms=20.0)  # measured rounds without the head replace the plain estimate
-    assert rates.rate(False) == pytest.approx(1 / 20) and not drafting_loses(rates, 2, plain_ms=10.0)
+    rates.update(UNDRAFTED, tokens=1, ms=20.0)  # measured rounds without the head replace the plain estimate
+    assert rates.rate(UNDRAFTED) == pytest.approx(1 / 20) and not drafting_loses(rates, 2, plain_ms=10.0)
     for _ in range(6):
-        rates.update(True, tokens=1, ms=30.0)  # the head's rounds get worse: the EMA follows
-    assert rates.rate(True) < 1 / 20 and drafting_loses(rates, 2, plain_ms=1e9)
+        rates.update(DRAFTED, tokens=1, ms=30.0)  # the head's rounds get worse: the EMA follows
+    assert rates.rate(DRAFTED) < 1 / 20 and drafting_loses(rates, 2, plain_ms=1e9)
+
+
+def test_the_retrieval_shadow_replaces_the_other_alternatives_once_known():
+    rates = RoundRates(decay=0.5)
+    for _ in range(2):
+        rates.update(DRAFTED, tokens=3, ms=60.0)  # 1/20 token per ms
+    rates.update(UNDRAFTED, tokens=1, ms=10.0)  # plain rounds would say the head loses (1/10) ...
+    rates.update(SHADOW, tokens=2, ms=50.0)
+    assert drafting_loses(rates, 2, plain_ms=10.0)  # ... and one shadow is not yet enough to overrule them
+    rates.update(SHADOW, tokens=2, ms=50.0)  # retrieval alone: 1/25 token per ms on the same rounds
+    assert not drafting_loses(rates, 2, plain_ms=10.0)
+    for _ in range(4):
+        rates.update(DRAFTED, tokens=3, ms=60.0)
+        rates.update(SHADOW, tokens=4, ms=50.0)  # copy-heavy text: retrieval alone does better
+    assert drafting_loses(rates, 2, plain_ms=1e9)
+
+
+def _shadow_tree():
+    """Root -> a (head), b (head and retrieval); b -> c (retrieval) -> d (retrieval); a -> e (head)."""
+    parents = torch.tensor([0, 0, 2, 3, 1])
+    depth = torch.tensor([1, 1, 2, 3, 2])
+    return MergedTree(tokens=torch.tensor([5, 6, 7, 8, 9]), parents=parents, depth=depth,
+                      ancestors=ancestor_mask(parents, 3), scores=torch.tensor([-0.1, -0.5, nan, nan, -0.3]),
+                      source=torch.tensor([0, 0, 1, 1, 0]), match=torch.tensor([0, 0, 3, 3, 0]),
+                      retrieved=torch.tensor([False, True, True, True, False]))
+
+
+nan = float("nan")
+
+
+def test_shadow_estimates_price_retrieved_nodes_only():
+    tree = _shadow_tree()
+    rate = torch.tensor([[1.0, 0.9, 0.6, 0.5], [1.0, 0.2, 0.2, 0.2], [1.0, 0.2, 0.2, 0.2], [1.0, 0.8, 0.7, 0.9]],
+                        dtype=torch.float64)  # [match class, depth]
+    p = shadow_estimates(tree, rate)
+    assert p[0] == -math.inf and p[4] == -math.inf  # the head's own nodes: never in retrieval's tree
+    assert p[1].item() == pytest.approx(0.9)  # shared node b: no match length recorded -> pooled class 0, depth 1
+    assert p[2].item() == pytest.approx(0.7)  # c: class 3, depth 2 (0.7), below its parent's 0.9
+    assert p[3].item() == pytest.approx(0.7)  # d: class 3, depth 3 (0.9), capped by its ancestor c
+    # in the policy: the best retrieval-only tree under a flat cost holds b, c, d and never a or e
+    order = torch.argsort(p, descending=True, stable=True)
+    size = choose_size(p[order], torch.full((MAX_K,), 10.0, dtype=torch.float64), 0.0)
+    assert size.item() == 3 and set(order[:3].tolist()) == {1, 2, 3}
+
+
+def test_shadow_tokens_count_the_leading_accepted_nodes_retrieval_held():
+    in_shadow = torch.tensor([False, True, True, False, False])
+    assert shadow_tokens(in_shadow, torch.tensor([0, 2, 3, 4])).item() == 3  # b, c held; d not: bonus + 2
+    assert shadow_tokens(in_shadow, torch.tensor([0, 1, 5])).item() == 1  # the head's branch a: bonus only
+    assert shadow_tokens(in_shadow, torch.tensor([0])).item() == 1  # nothing accepted: a plain step
+    assert shadow_tokens(torch.zeros(0, dtype=torch.bool), torch.tensor([0])).item() == 1  # an empty tree

@@ -135,6 +135,7 @@ def test_merge_shares_prefixes_and_keeps_siblings_distinct():
     assert merged.tokens[5:].tolist() == [1, 8, 3, 3]  # only the new nodes are appended
     assert merged.parents[5:].tolist() == [5, 1, 0, 8]  # 1 under 9, 8 under 4, 3 under root, 3 under that 3
     assert merged.source.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
+    assert merged.retrieved.tolist() == [True, True, True, False, True, True, True, True, True]  # all but 4-6 shared
     assert set(root_paths(merged)) == set(root_paths(tree)) | {(4, 5, 9, 1), (4, 8), (3,), (3, 3)}
     assert torch.isnan(merged.scores[5:]).all() and torch.equal(merged.scores[:5], tree.scores)
 
@@ -190,6 +191,8 @@ def test_merge_is_the_union_of_root_paths_on_random_trees():
         assert set(got) == want and len(got) == len(want)
         head = set(root_paths(tree)) if tree else set()
         assert [int(s) for s in merged.source] == [0 if q in head else 1 for q in got]
+        retrieved = {q[:k] for q in cut for k in range(1, len(q) + 1)}  # shared head nodes included
+        assert merged.retrieved.tolist() == [q in retrieved for q in got]
         if tree is not None:
             w = 4
             hp = head_paths(tree, w)

@@ -65,10 +65,21 @@ The rule, per round:
    and probes every `probe_every` rounds, each probe updating the drafted EMA; each probe after which the
    guard still holds doubles the gap to the next (up to `max_probe_gap` x `probe_every`; back to
    `probe_every` when drafting resumes, and at each new call): in a call where the head loses, its
-   probes cost less and less, and a new prompt is looked at afresh. While drafting, every
-   `probe_every`-th round is drafted without the head (a plain probe) until `guard_rounds` undrafted
-   rounds are known, then every 4 x `probe_every`-th: the plain step's real cost is measured, not
-   assumed from a table that may have been calibrated under other load. Measured on a 2-core AMD
+   probes cost less and less, and a new prompt is looked at afresh.
+   The alternative the head is compared with:
+   - with retrieval on, the *retrieval shadow* of the same drafted rounds (decoding/round_costs.py):
+     each drafted round also prices the tree retrieval alone would have verified (its nodes, shared ones
+     included, priced as retrieval nodes, sized by step 3 with no draft cost: T_r nodes) and counts the
+     tokens it would have emitted, 1 + the leading nodes of the accepted path it held (exact where both
+     trees hold the path: the target's choice at a slot does not depend on the tree; a lower bound where
+     retrieval's tree reached past the verified one); its ms are the corrected t_verify(T_r + 1) + e.
+     Paired rounds on the same text: in copy-heavy text, where retrieval alone wins, the head's extra
+     tokens do not pay for its draft and larger verification, and the guard sees it within a few rounds
+     (the earlier comparison with occasional rounds without the head needed tens of rounds to tell; it
+     left the default 4-20% below retrieval alone in four fp32 categories on a Zen 5 EPYC, session 10);
+   - without retrieval, every `probe_every`-th round is drafted without the head (a plain probe) until
+     `guard_rounds` undrafted rounds are known, then every 4 x `probe_every`-th: the plain step's real
+     cost is measured, not assumed from a table that may have been calibrated under other load. Measured on a 2-core AMD
    EPYC without bf16 instructions (fp32, 1 thread): a tree of 8 costs 1.8x a plain step there and the
    head's draft 30-50 ms more; on 20 Spec-Bench turns there the default ran 1.01x of plain decoding
    without this step and 1.13x with it (a partial run, not committed: benchmarks/results/grid-epyc-avx2).
@@ -98,6 +109,8 @@ import torch
 
 from .cost_model import MAX_K
 from .retrieval import RETRIEVAL_SOURCE
+from .round_costs import (DRAFTED, SHADOW, UNDRAFTED, CostCorrection, RoundRates, drafting_loses,  # noqa: F401
+                          shadow_estimates, shadow_tokens)
 
 
 @dataclass(frozen=True)
@@ -170,7 +183,7 @@ def prune(tree, kept: torch.LongTensor):
     new_slot = torch.zeros(n + 1, dtype=torch.long, device=kept.device)
     new_slot[slots] = torch.arange(slots.shape[0], device=kept.device)
     values = {f.name: getattr(tree, f.name) for f in dataclasses.fields(tree)}
-    for name in ("tokens", "parents", "depth", "scores", "source", "match"):
+    for name in ("tokens", "parents", "depth", "scores", "source", "match", "retrieved"):
         if values.get(name) is not None:
             values[name] = values[name][kept]
     values["parents"] = new_slot[values["parents"]]
@@ -245,85 +258,6 @@ class Calibration:
         self.ret_off.mul_(torch.where(offered > 0, decay, 1.0)).add_(offered)
 
 
-def _ema(old: float, new: float, weight: float) -> float:
-    """Host-float EMA step (`weight` on the past; 0 replaces it): the cost corrections of rule steps 5 and 7."""
-    return weight * old + (1.0 - weight) * new
-
-
-class CostCorrection:
-    """Measured vs predicted round times (rule step 5); plain floats (the times are host measurements)."""
-
-    SCALE_RANGE = (0.25, 4.0)
-
-    def __init__(self, decay: float):
-        self.decay = decay
-        self.draft_measured = self.draft_predicted = 0.0  # EMAs (ms) over rounds that drafted
-        self.verify_offset = 0.0  # ms added to every verification
-        self.other_ms = 0.0  # ms per round outside drafting and verification
-        self.rounds = 0
-
-    def draft_scale(self) -> float:
-        if self.draft_predicted <= 0.0:
-            return 1.0
-        low, high = self.SCALE_RANGE
-        return min(high, max(low, self.draft_measured / self.draft_predicted))
-
-    def verify_curve(self, curve: torch.Tensor) -> torch.Tensor:
-        """The table's verify curve `[K]` corrected by the measured offset, never below half the table."""
-        return torch.maximum(curve + self.verify_offset, 0.5 * curve)
-
-    def verify_ms(self, table_ms: float) -> float:
-        """One entry of `verify_curve` from the table's host float (equal bits: the same float64 operations)."""
-        return max(table_ms + self.verify_offset, 0.5 * table_ms)
-
-    def update(self, predicted_draft: float, predicted_verify: float, draft_ms: float, verify_ms: float,
-               round_ms: float | None) -> None:
-        """One round: the table's (uncorrected) predictions and what was measured (`round_ms`: wall time from
-        this round's draft to the next one's, None when unknown)."""
-        w = self.decay if self.rounds else 0.0  # the first round replaces the priors
-        if predicted_draft > 0.0:
-            wd = self.decay if self.draft_predicted > 0.0 else 0.0
-            self.draft_measured = _ema(self.draft_measured, draft_ms, wd)
-            self.draft_predicted = _ema(self.draft_predicted, predicted_draft, wd)
-        self.verify_offset = _ema(self.verify_offset, verify_ms - predicted_verify, w)
-        if round_ms is not None:
-            self.other_ms = _ema(self.other_ms, max(0.0, round_ms - draft_ms - verify_ms), w)
-        self.rounds += 1
-
-
-class RoundRates:
-    """Realised tokens per ms of rounds where the head drafted and of rounds where it did not (rule step 7).
-
-    EMAs (weight `decay`) of emitted tokens and of wall ms per round, kept apart for the two kinds; plain
-    floats from host measurements (the loop's stats), no tensor read.
-    """
-
-    def __init__(self, decay: float):
-        self.decay = decay
-        self.tokens = {True: 0.0, False: 0.0}  # drafted -> EMA of tokens emitted per round
-        self.ms = {True: 0.0, False: 0.0}  # drafted -> EMA of round wall ms
-        self.rounds = {True: 0, False: 0}
-
-    def update(self, drafted: bool, tokens: int, ms: float) -> None:
-        w = self.decay if self.rounds[drafted] else 0.0  # the first round of a kind replaces the zero start
-        self.tokens[drafted] = _ema(self.tokens[drafted], tokens, w)
-        self.ms[drafted] = _ema(self.ms[drafted], ms, w)
-        self.rounds[drafted] += 1
-
-    def rate(self, drafted: bool) -> float | None:
-        """Tokens per ms of that kind of round, None before one was measured."""
-        return self.tokens[drafted] / self.ms[drafted] if self.rounds[drafted] and self.ms[drafted] > 0 else None
-
-
-def drafting_loses(rates: RoundRates, guard_rounds: int, plain_ms: float) -> bool:
-    """Rule step 7: after `guard_rounds` drafted rounds, whether they realised fewer tokens per ms than the rounds
-    without the head (or, before one was measured, than a plain step of `plain_ms`: one token)."""
-    if rates.rounds[True] < guard_rounds:
-        return False
-    undrafted = rates.rate(False)
-    return rates.rate(True) < (undrafted if undrafted is not None else 1.0 / plain_ms)
-
-
 _MEMORY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # target -> {key: learned state}
 
 
@@ -377,22 +311,41 @@ class AdaptiveDrafter:
         self.rates = self.memory.setdefault("rates", RoundRates(self.params.cost_decay))
         self._drafted = False  # whether the last round's head drafted (for `rates`)
         self.since_plain = 0  # drafted rounds since the last round without the head (rule step 7's plain probes)
+        # rule step 7's retrieval shadow: with a head and retrieval, each drafted round is also priced as if
+        # retrieval alone had drafted it (no plain probes needed then)
+        self.shadowing = self.head is not None and index is not None
+        self._shadow_set = None  # [T'] bool per kept node: in the tree retrieval alone would have verified
+        self._shadow_tokens = None  # 0-dim: tokens that tree would have emitted last round (read next round)
+        self._shadow_size = None  # (T_r, context) of last round: retrieval alone's tree size, priced next round
         self._last = None  # (depth, raw, is_retrieval, match) of the verified nodes, for `feedback`
         self._priced = None  # (table draft ms, table verify ms, start time) of the last round, for step 5
 
     def observe(self, features: torch.Tensor) -> None:
         self.inner.observe(features)
 
-    def _learn_costs(self, now: float) -> None:
-        """Rule step 5: compare the last round's predictions with its measured times (from `stats`)."""
+    def _learn_costs(self, now: float) -> int | None:
+        """Rule step 5: compare the last round's predictions with its measured times (from `stats`); rule step 7's
+        round rates. Returns the tokens last round emitted if the head drafted it and it was measured, else None."""
         st = self.stats
         if not getattr(self.cost, "corrected", True) or self._priced is None or st is None or not st.draft_seconds or self._priced[3] != len(st.draft_seconds) - 1:
-            return
+            return None
         table_draft, table_verify, start, _ = self._priced
         draft_ms, verify_ms = 1000.0 * st.draft_seconds[-1], 1000.0 * st.verify_seconds[-1]
         self.correction.update(table_draft, table_verify, draft_ms, verify_ms, 1000.0 * (now - start))
         if self.head is not None and st.new_tokens_per_round:
-            self.rates.update(self._drafted, st.new_tokens_per_round[-1], 1000.0 * (now - start))
+            self.rates.update(DRAFTED if self._drafted else UNDRAFTED, st.new_tokens_per_round[-1], 1000.0 * (now - start))
+            return st.new_tokens_per_round[-1] if self._drafted else None
+        return None
+
+    def _learn_shadow(self, emitted: int | None, shadow_tokens: int) -> None:
+        """Rule step 7: the retrieval shadow of last round (drafted, and measured: `emitted` tokens), priced by the
+        corrected table at retrieval alone's tree size plus the measured other time per round."""
+        if emitted is None or self._shadow_size is None:
+            return
+        size, context = self._shadow_size
+        fix = self.correction
+        ms = fix.verify_ms(self.cost.verify_ms(size + 1, context)) + fix.other_ms
+        self.rates.update(SHADOW, min(shadow_tokens, emitted), ms)  # emitted < shadow only when EOS / a limit cut it
 
     def _drafting_loses(self, plain_ms: float) -> bool:
         """Rule step 7 (off for what-if cost models, which measure nothing)."""
@@ -401,7 +354,7 @@ class AdaptiveDrafter:
     @torch.no_grad()
     def draft(self, input_ids: torch.LongTensor, max_depth: int | None = None):
         start = time.perf_counter()
-        self._learn_costs(start)
+        emitted = self._learn_costs(start)  # tokens of last round if the head drafted it (its shadow is read below)
         p_, fix = self.params, self.correction
         context = input_ids.shape[1] - 1
         if self.calibration is None or self.calibration.head_acc.device != input_ids.device:
@@ -409,8 +362,9 @@ class AdaptiveDrafter:
                                                                         self.match_classes)
         probing = self.skipping and self.since_probe + 1 >= self.probe_gap
         drafting = self.head is not None and (not self.skipping or probing)
-        if drafting and getattr(self.cost, "corrected", True):  # rule step 7: measure rounds without the head too
-            known = self.rates.rounds[False] >= p_.guard_rounds
+        if drafting and getattr(self.cost, "corrected", True) and not self.shadowing:
+            # rule step 7 without retrieval: measure rounds without the head too (plain probes)
+            known = self.rates.rounds[UNDRAFTED] >= p_.guard_rounds
             self.since_plain += 1
             drafting = self.since_plain < (4 * p_.probe_every if known else p_.probe_every)
         if not drafting:
@@ -427,21 +381,35 @@ class AdaptiveDrafter:
         level_ms = fix.draft_scale() * table_level_ms
         draft_ms = levels * level_ms
         ratio, rate = self.calibration.head_ratio(), self.calibration.retrieval_rate()
-        wanted = []
+        wanted = {}  # name -> 0-dim long tensor, read together: the round's one host sync
         if tree.num_nodes:
             p, raw, is_ret = acceptance(tree, ratio, rate)
             order = torch.argsort(p, descending=True, stable=True)
-            wanted.append(choose_size(p[order], curve, draft_ms + fix.other_ms, self.measured))
+            wanted["size"] = choose_size(p[order], curve, draft_ms + fix.other_ms, self.measured)
+        shadow = levels and self.shadowing and tree.num_nodes and getattr(tree, "retrieved", None) is not None
+        if shadow:  # rule step 7: the tree retrieval alone would have verified (no draft cost)
+            p_r = shadow_estimates(tree, rate)
+            order_r = torch.argsort(p_r, descending=True, stable=True)
+            wanted["shadow size"] = choose_size(p_r[order_r], curve, fix.other_ms, self.measured)
+            rank = torch.empty_like(order_r)
+            rank[order_r] = torch.arange(order_r.shape[0], device=order_r.device)
+            in_shadow = rank < wanted["shadow size"]  # [T]: the shadow's T_r best nodes (ancestor-closed)
         if levels:  # rule step 4: how deep the next round drafts
             frontier = self.head.frontier_logp  # [levels, K]
             gains = (ratio[2 : levels + 2, None] * frontier.double().exp()).clamp(max=1.0).sum(dim=1)
             plain_ms = fix.verify_ms(self.cost.verify_ms(1, context))  # == curve[0], without reading a tensor
             pays = (gains >= level_ms / (plain_ms + fix.other_ms)).long()
-            wanted.append(1 + pays.cumprod(0).sum())
-        values = torch.stack(wanted).tolist() if wanted else []  # the round's one host sync
-        size = int(values[0]) if tree.num_nodes else 0
+            wanted["depth"] = 1 + pays.cumprod(0).sum()
+        if self._shadow_tokens is not None:
+            wanted["last shadow"] = self._shadow_tokens
+        values = dict(zip(wanted, torch.stack(list(wanted.values())).tolist())) if wanted else {}
+        if "last shadow" in values:
+            self._learn_shadow(emitted, int(values["last shadow"]))
+        self._shadow_tokens = None
+        self._shadow_size = (int(values["shadow size"]), context) if shadow else None
+        size = int(values.get("size", 0))
         if levels:
-            self.depth_next = max(1, min(self.settings.depth, int(values[-1])))
+            self.depth_next = max(1, min(self.settings.depth, int(values["depth"])))
             self.idle = self.idle + 1 if size == 0 else 0
             guarded = self._drafting_loses(plain_ms + fix.other_ms)
             self.skipping = self.idle >= p_.patience or guarded
@@ -456,10 +424,13 @@ class AdaptiveDrafter:
         self._priced = (levels * table_level_ms, table_ms, start, round_index)
         if self.stats is not None:
             self.stats.predicted_ms.append(self.predicted_ms)
+        self._shadow_set = None
         if not tree.num_nodes:
             self._last = None
             return tree
         kept = order[:size].sort().values
+        if shadow:
+            self._shadow_set = in_shadow[kept]
         match = getattr(tree, "match", None)
         self._last = (tree.depth[kept], raw[kept], is_ret[kept], None if match is None else match[kept])
         return prune(tree, kept)
@@ -469,6 +440,9 @@ class AdaptiveDrafter:
         if self._last is not None and tree.num_nodes:
             depth, raw, is_ret, match = self._last
             self.calibration.update(depth, raw, is_ret, path, match)
+        if self._shadow_set is not None:  # a drafted round: what retrieval alone would have emitted
+            self._shadow_tokens = shadow_tokens(self._shadow_set, path)
 
 
-__all__ = ["AdaptiveDrafter", "Calibration", "CostCorrection", "RoundRates", "drafting_loses", "learned_state", "PolicyParams", "acceptance", "choose_size", "prune"]
+__all__ = ["AdaptiveDrafter", "Calibration", "CostCorrection", "RoundRates", "drafting_loses", "learned_state",
+           "PolicyParams", "acceptance", "choose_size", "prune"]

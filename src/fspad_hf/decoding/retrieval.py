@@ -39,10 +39,13 @@ class MergedTree(DraftTree):
 
     source: `[T]` per node: 0 = the draft head, 1 = retrieval (a node both proposed counts as head).
     match: `[T]` per retrieval node, the match length n of its path (0 for head nodes, or unknown).
+    retrieved: `[T]` bool, the node lies on a retrieved path (whether the head proposed it too): the tree
+        retrieval alone would have offered (the adaptive policy's shadow, decoding/round_costs.py).
     """
 
     source: torch.LongTensor | None = None
     match: torch.LongTensor | None = None
+    retrieved: torch.BoolTensor | None = None
 
 
 class SuffixIndex:
@@ -193,8 +196,12 @@ def merge_retrieved(
     head_match = getattr(tree, "match", None)
     if head_match is None:
         head_match = torch.zeros(t, dtype=torch.long, device=device)
+    head_retrieved = getattr(tree, "retrieved", None)
+    if head_retrieved is None:
+        head_retrieved = torch.zeros(t, dtype=torch.bool, device=device)
     if not paths:
-        return MergedTree(tree.tokens, tree.parents, tree.depth, tree.ancestors, tree.scores, head_source, head_match)
+        return MergedTree(tree.tokens, tree.parents, tree.depth, tree.ancestors, tree.scores, head_source, head_match,
+                          head_retrieved)
 
     r_tokens, r_parents, r_depths, r_paths, r_match = _trie(paths, matches)
     width = max(r_depths)
@@ -220,6 +227,8 @@ def merge_retrieved(
     slot = torch.where(found, head_slot, t + torch.cumsum(~found, dim=0))  # [R] slot of every trie node
     slot_ext = torch.cat([slot, slot.new_zeros(1)])  # trie index -1 (the root) -> slot 0
     new_tok = r_tok.index_select(0, new)
+    hit = torch.zeros(t + 1, dtype=torch.bool, device=device)  # slot -> a retrieved path passes through it
+    hit.scatter_(0, torch.where(found, head_slot, 0), True)  # (slot 0, the root, collects the new nodes)
 
     # Ancestors: the tree's block is kept as is; a new node's row holds the slots of its trie chain (padding
     # -1 is the root, slot 0, an ancestor of every node anyway).
@@ -238,6 +247,7 @@ def merge_retrieved(
         scores=scores,
         source=torch.cat([head_source, torch.full_like(new_tok, RETRIEVAL_SOURCE)]),
         match=torch.cat([head_match, r_n.index_select(0, new)]),
+        retrieved=torch.cat([head_retrieved | hit[1:], torch.ones_like(new_tok, dtype=torch.bool)]),
     )
 
 
