@@ -19,10 +19,23 @@
 # it continues from the committed carry (int8 heads + trainer state; `fspad-hf carry`): same step, same data
 # position (the data and its order are fixed by --data, --split_seed and --seed), a fresh AdamW and a new LR
 # warm-up (the issue allows restarting the optimizer state). Make and commit a carry before a session ends.
+#
+# Two pairs: PAIR=smollm2 (the default) and PAIR=qwen (Qwen2.5-Coder-0.5B-Instruct; same recipe, its own run,
+# carry and curve folders, 4,000 steps on ~6M tokens: a 0.5B target costs ~4x per step). Run them one per core:
+#   CORE=1 PAIR=qwen bash scripts/long_runs.sh train
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:-all}
-STEPS=${STEPS:-12000}
+PAIR=${PAIR:-smollm2}
+case $PAIR in
+  smollm2) TARGET=smollm2; RUN=runs/long/pair; CARRY=milestones/smollm2-pair; OUT=benchmarks/results/learning-curve-smollm2
+           DEFAULT_STEPS=12000; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500 ;;
+  # Qwen: the 768 committed self-distilled answers and ShareGPT 0-2500 all turns (~5.4M tokens)
+  qwen) TARGET=qwen-coder-0.5b; RUN=runs/long/qwen-pair; CARRY=milestones/qwen-pair; OUT=benchmarks/results/learning-curve-qwen
+        DEFAULT_STEPS=4000; DEFAULT_DATA=data/qwen-coder-0.5b/distilled.jsonl:768,sharegpt:0-2500 ;;
+  *) echo "PAIR must be smollm2 or qwen, got '$PAIR'" >&2; exit 2 ;;
+esac
+STEPS=${STEPS:-$DEFAULT_STEPS}
 SAVE=${SAVE:-500}           # checkpoint every SAVE steps (a kill loses at most this much)
 MILESTONE=${MILESTONE:-1000}  # learning-curve points (held-out bench; eval loss at the same steps)
 CORE=${CORE:-0}
@@ -31,17 +44,16 @@ RECIPE=${RECIPE:-}
 # loss tokens), so 0-4500 is ~9.7M tokens, plus the first 2,748 self-distilled answers (~0.74M). The counts are
 # pinned so that the data never changes under a run that continues elsewhere. Conversations >= 17000 are the
 # held-out questions: never here.
-DATA=${DATA:-data/smollm2/distilled.jsonl:2748,sharegpt:0-4500}
+DATA=${DATA:-$DEFAULT_DATA}
 # The target's dtype (and the heads' autocast) is the one that makes a step cheaper on this CPU, measured once
 # (scripts/pick_train_dtype.py): bf16 where the CPU has bf16 matrix instructions, fp32 where it has not (5x
 # cheaper there). Features differ by bf16 rounding only; the curve is benched in fp32 either way.
 mkdir -p runs/long
-TRAIN_DTYPE=${TRAIN_DTYPE:-$(taskset -c "${CORE:-0}" python scripts/pick_train_dtype.py smollm2 runs/long/train-dtype.json)}
+LOG=runs/logs/long-pair.log; [[ $PAIR == smollm2 ]] || LOG=runs/logs/long-$PAIR-pair.log
+DTYPE_CACHE=runs/long/train-dtype.json; [[ $PAIR == smollm2 ]] || DTYPE_CACHE=runs/long/train-dtype-$PAIR.json
+TRAIN_DTYPE=${TRAIN_DTYPE:-$(taskset -c "${CORE:-0}" python scripts/pick_train_dtype.py "$TARGET" "$DTYPE_CACHE")}
 AMP=(); [[ $TRAIN_DTYPE == bfloat16 ]] && AMP=(--bf16)
-T=(--target smollm2 --target_dtype "$TRAIN_DTYPE")
-RUN=runs/long/pair
-CARRY=milestones/smollm2-pair
-OUT=benchmarks/results/learning-curve-smollm2
+T=(--target "$TARGET" --target_dtype "$TRAIN_DTYPE")
 mkdir -p runs/logs runs/long "$OUT"
 pin() { local core=$1; shift; OMP_NUM_THREADS=1 nice -n 10 taskset -c "$core" "$@"; }
 
@@ -55,7 +67,7 @@ if [[ $STEP == train || $STEP == all ]]; then
     --lr_scheduler_type constant_with_warmup --warmup_steps 100 --save_steps "$SAVE" --save_total_limit 100 \
     --logging_steps 50 --eval_fraction 0.005 --eval_strategy steps --eval_steps "$MILESTONE" --eval_unroll_steps 3 \
     --seed 0 --use_cpu "${AMP[@]}" --save_on_signal true --disable_tqdm true --max_steps "$STEPS" --output_dir "$RUN" "${continue[@]}" $RECIPE \
-    >> runs/logs/long-pair.log 2>&1
+    >> "$LOG" 2>&1
 fi
 
 newest_checkpoint() { python -c "from fspad_hf.training.checkpoints import last_complete_checkpoint as f; print(f('$RUN') or '')"; }
@@ -84,27 +96,27 @@ if [[ $STEP == milestones || $STEP == all ]]; then
     for method in eagle2 fspad; do
       result=$OUT/$method-$step.json
       [[ -f $result ]] && continue
-      pin "${BENCH_CORE:-1}" fspad-hf bench --target smollm2 --dtype float32 --threads 1 \
+      pin "${BENCH_CORE:-1}" fspad-hf bench --target "$TARGET" --dtype float32 --threads 1 \
         --questions data/heldout/sharegpt-heldout.jsonl --max_new_tokens 64 --pld_tokens 0 --no_plots \
-        --head "$method=$ckpt/$method@8,3,4" --output "$result" > "runs/logs/long-bench-$method-$step.log" 2>&1
+        --head "$method=$ckpt/$method@8,3,4" --output "$result" > "runs/logs/long-bench-$PAIR-$method-$step.log" 2>&1
     done
   done
 fi
 
 if [[ $STEP == shipped || $STEP == all ]]; then  # the first shipped heads on the same held-out set: the curve's start
-  [[ -f $OUT/shipped.json ]] || pin "${BENCH_CORE:-1}" fspad-hf bench --target smollm2 --dtype float32 --threads 1 \
+  [[ -f $OUT/shipped.json ]] || pin "${BENCH_CORE:-1}" fspad-hf bench --target "$TARGET" --dtype float32 --threads 1 \
     --questions data/heldout/sharegpt-heldout.jsonl --max_new_tokens 64 --pld_tokens 0 --no_plots \
-    --head "eagle2=smollm2-eagle2@8,3,4" --head "fspad=smollm2-fspad@8,3,4" --output "$OUT/shipped.json" \
-    > runs/logs/long-bench-shipped.log 2>&1
+    --head "eagle2=$TARGET-eagle2@8,3,4" --head "fspad=$TARGET-fspad@8,3,4" --output "$OUT/shipped.json" \
+    > "runs/logs/long-bench-$PAIR-shipped.log" 2>&1
 fi
 
 if [[ $STEP == data || $STEP == all ]]; then  # what one training step sees, for the curve's x axis
-  [[ -f $OUT/data.json ]] || python - "$DATA" "$OUT/data.json" <<'EOF'
+  [[ -f $OUT/data.json ]] || python - "$DATA" "$OUT/data.json" "$TARGET" <<'EOF'
 import json, sys
 from fspad_hf.cli import DataArguments, _conversations, _tokenize
 from fspad_hf.targets import load_target
-data, out = sys.argv[1:]
-examples = _tokenize(load_target("smollm2")[1], _conversations(DataArguments(data=data)), 448, all_turns=True)
+data, out, target = sys.argv[1:]
+examples = _tokenize(load_target(target)[1], _conversations(DataArguments(data=data)), 448, all_turns=True)
 n = len(examples)
 json.dump({"source": data + " (all turns, 448-token windows)", "examples": n, "batch_size": 4,
            "mean_tokens": sum(len(e["input_ids"]) for e in examples) / n,

@@ -13,7 +13,7 @@ from fspad_hf.decoding.cost_model import MAX_K, CostModel, CostTable
 from fspad_hf.decoding.policy import (
     AdaptiveDrafter, Calibration, CostCorrection, PolicyParams, RoundRates, acceptance, choose_size, drafting_loses, learned_state, prune,
 )
-from fspad_hf.decoding.round_costs import DRAFTED, SHADOW, UNDRAFTED, shadow_estimates, shadow_tokens
+from fspad_hf.decoding.round_costs import DRAFTED, SHADOW, TREE, UNDRAFTED, retrieval_loses, shadow_estimates, shadow_tokens
 from fspad_hf.decoding.retrieval import MergedTree
 from fspad_hf.decoding.settings import TreeSettings
 from fspad_hf.decoding.tree import ancestor_mask
@@ -208,6 +208,35 @@ def test_retrieval_only_adaptive_greedy_identity():
     assert sum(stats.accepted_from_retrieval) > 0 and len(stats.predicted_ms) == stats.num_rounds
 
 
+@pytest.mark.parametrize("loses", [False, True])
+def test_retrieved_trees_that_lose_to_plain_steps_are_verified_only_at_probes(monkeypatch, loses):
+    """Rule step 7 without the head: while retrieved trees lose, only probes verify one; the gap then doubles."""
+    import fspad_hf.decoding.policy as policy
+
+    monkeypatch.setattr(policy, "retrieval_loses", lambda rates, guard_rounds, plain_ms: loses)
+    target = make_target("llama", seed=2)
+    ids = repeated_prompt(2, times=6)
+    ref = target.generate(ids, max_new_tokens=60, do_sample=False)
+    cm = cost_model(MODERATE)
+    cm.corrected = True  # the guards act on measured rounds only
+    out = target.generate(ids, custom_generate=fspad_hf.tree_generate, retrieval_branches=3, tree_policy="adaptive",
+                          cost_model=cm, max_new_tokens=60, do_sample=False)
+    assert torch.equal(out, ref)
+    sizes = fspad_hf.tree_generate.last_generation_stats.tree_sizes
+    trees = [i for i, t in enumerate(sizes) if t]
+    if not loses:  # the repeated phrase is retrieved and verified in most rounds
+        assert len(trees) > len(sizes) // 2
+        return
+    params = PolicyParams()
+    probes, i, gap = [], params.probe_every - 1, params.probe_every
+    while i < len(sizes):  # rounds 7, 23, 55, ... (each probe that verified a tree doubles the gap)
+        probes.append(i)
+        if sizes[i]:
+            gap = min(2 * gap, params.max_probe_gap * params.probe_every)
+        i += gap
+    assert trees and set(trees) <= set(probes)
+
+
 @pytest.mark.parametrize("branches", [0, 3])
 def test_expensive_verification_gives_plain_steps(branches):
     target = make_target("llama", seed=2)
@@ -309,7 +338,7 @@ def test_measured_costs_correct_the_predictions_and_are_remembered():
     rates = memory["rates"]  # rule step 7 with retrieval on: each measured drafted round has its retrieval shadow
     assert settings.retrieval_branches > 0 and rates.rounds[DRAFTED] > 0
     assert rates.rounds[SHADOW] == rates.rounds[DRAFTED]
-    assert rates.rounds[DRAFTED] + rates.rounds[UNDRAFTED] == stats.num_rounds - 1
+    assert rates.rounds[DRAFTED] + rates.rounds[TREE] + rates.rounds[UNDRAFTED] == stats.num_rounds - 1
     target.generate(ids, assistant_model=head, tree_policy="adaptive", cost_model=cm, max_new_tokens=30,
                     retrieval_branches=0)  # without retrieval: plain probes measure rounds without the head
     no_ret = learned_state(target, head, cm, head.last_generation_stats.settings)["rates"]
@@ -367,19 +396,29 @@ def test_the_realised_rate_guard_compares_drafted_rounds_with_rounds_without_the
     assert rates.rate(DRAFTED) < 1 / 20 and drafting_loses(rates, 2, plain_ms=1e9)
 
 
-def test_the_retrieval_shadow_replaces_the_other_alternatives_once_known():
+def test_the_retrieval_shadow_joins_the_alternatives_once_known():
     rates = RoundRates(decay=0.5)
     for _ in range(2):
         rates.update(DRAFTED, tokens=3, ms=60.0)  # 1/20 token per ms
-    rates.update(UNDRAFTED, tokens=1, ms=10.0)  # plain rounds would say the head loses (1/10) ...
-    rates.update(SHADOW, tokens=2, ms=50.0)
-    assert drafting_loses(rates, 2, plain_ms=10.0)  # ... and one shadow is not yet enough to overrule them
-    rates.update(SHADOW, tokens=2, ms=50.0)  # retrieval alone: 1/25 token per ms on the same rounds
-    assert not drafting_loses(rates, 2, plain_ms=10.0)
+    rates.update(SHADOW, tokens=4, ms=50.0)
+    assert not drafting_loses(rates, 2, plain_ms=25.0)  # one shadow is not evidence yet: vs plain steps (1/25)
+    rates.update(SHADOW, tokens=4, ms=50.0)  # retrieval alone: 2/25 token per ms on the same rounds
+    assert drafting_loses(rates, 2, plain_ms=25.0)
     for _ in range(4):
-        rates.update(DRAFTED, tokens=3, ms=60.0)
-        rates.update(SHADOW, tokens=4, ms=50.0)  # copy-heavy text: retrieval alone does better
-    assert drafting_loses(rates, 2, plain_ms=1e9)
+        rates.update(DRAFTED, tokens=5, ms=60.0)
+        rates.update(SHADOW, tokens=2, ms=50.0)  # text retrieval cannot copy: the head wins again
+    assert not drafting_loses(rates, 2, plain_ms=25.0)
+    assert drafting_loses(rates, 2, plain_ms=10.0)  # ... unless even a plain step beats it (then both lose)
+
+
+def test_retrieved_trees_without_the_head_are_compared_with_plain_steps():
+    rates = RoundRates(decay=0.5)
+    rates.update(TREE, tokens=1.2, ms=30.0)
+    assert not retrieval_loses(rates, 2, plain_ms=20.0)  # one round is not evidence
+    rates.update(TREE, tokens=1.2, ms=30.0)  # 1/25 token per ms
+    assert retrieval_loses(rates, 2, plain_ms=20.0) and not retrieval_loses(rates, 2, plain_ms=30.0)
+    rates.update(UNDRAFTED, tokens=1, ms=40.0)  # measured plain steps replace the table's estimate
+    assert not retrieval_loses(rates, 2, plain_ms=20.0)
 
 
 def _shadow_tree():

@@ -52,6 +52,11 @@ def _check_identity(target, tok, heads: list[FSPADDraftModel], trained: bool, ma
             ref = target.generate(ids, max_new_tokens=max_new_tokens, do_sample=False)
             out = target.generate(ids, assistant_model=head, max_new_tokens=max_new_tokens, do_sample=False)
             assert torch.equal(out, ref), (head.config.method_name, tok.decode(out[0, ids.shape[1]:]))
+            # the static tree drafts every round (the default policy may rightly choose plain steps when trees
+            # do not pay on this machine, so its tau says nothing about the head)
+            out = target.generate(ids, assistant_model=head, max_new_tokens=max_new_tokens, do_sample=False,
+                                  tree_policy="static", retrieval_branches=0)
+            assert torch.equal(out, ref), (head.config.method_name, "static", tok.decode(out[0, ids.shape[1]:]))
             taus.append(head.last_generation_stats.mean_accepted_length)
         if trained:  # a trained head must actually accept drafts on real text (a random one gives ~1.0)
             assert sum(taus) / len(taus) > 1.15, (head.config.method_name, taus)

@@ -79,7 +79,15 @@ The rule, per round:
      left the default 4-20% below retrieval alone in four fp32 categories on a Zen 5 EPYC, session 10);
    - without retrieval, every `probe_every`-th round is drafted without the head (a plain probe) until
      `guard_rounds` undrafted rounds are known, then every 4 x `probe_every`-th: the plain step's real
-     cost is measured, not assumed from a table that may have been calibrated under other load. Measured on a 2-core AMD
+     cost is measured, not assumed from a table that may have been calibrated under other load;
+   - in both cases a plain step too: one token per measured plain round (no head, no tree verified), or
+     per corrected plain step before one was measured; the head must beat the better of the two.
+   The same guard one level down, for rounds without the head (the head skipping, or head-free retrieval):
+   once `guard_rounds` of them verified a retrieved tree, when those realise fewer tokens per ms than plain
+   steps, retrieved trees are not verified (plain steps) except at probes, one every `probe_every` rounds,
+   the gap doubling after each probe that verified a tree and still lost (`retrieval_loses`). Why: text
+   that retrieval rarely matches (measured: Spec-Bench humanities and qa, fp32, Zen 5 EPYC) verified
+   retrieved chains at 0.94-0.98x of plain decoding, where a 2-token forward costs 1.5-1.8x a 1-token one. Measured on a 2-core AMD
    EPYC without bf16 instructions (fp32, 1 thread): a tree of 8 costs 1.8x a plain step there and the
    head's draft 30-50 ms more; on 20 Spec-Bench turns there the default ran 1.01x of plain decoding
    without this step and 1.13x with it (a partial run, not committed: benchmarks/results/grid-epyc-avx2).
@@ -109,8 +117,8 @@ import torch
 
 from .cost_model import MAX_K
 from .retrieval import RETRIEVAL_SOURCE
-from .round_costs import (DRAFTED, SHADOW, UNDRAFTED, CostCorrection, RoundRates, drafting_loses,  # noqa: F401
-                          shadow_estimates, shadow_tokens)
+from .round_costs import (DRAFTED, SHADOW, TREE, UNDRAFTED, CostCorrection, RoundRates, drafting_loses,  # noqa: F401
+                          retrieval_loses, shadow_estimates, shadow_tokens)
 
 
 @dataclass(frozen=True)
@@ -313,7 +321,13 @@ class AdaptiveDrafter:
         self.since_plain = 0  # drafted rounds since the last round without the head (rule step 7's plain probes)
         # rule step 7's retrieval shadow: with a head and retrieval, each drafted round is also priced as if
         # retrieval alone had drafted it (no plain probes needed then)
-        self.shadowing = self.head is not None and index is not None
+        self.retrieval = index is not None
+        self.shadowing = self.head is not None and self.retrieval
+        # rule step 7 without the head: retrieved trees that lose to plain steps are not verified (probes aside)
+        self.ret_skipping = False
+        self.ret_since_probe = 0
+        self.ret_probe_gap = self.params.probe_every
+        self._kind = None  # the last round's kind for `rates` (DRAFTED, TREE or UNDRAFTED)
         self._shadow_set = None  # [T'] bool per kept node: in the tree retrieval alone would have verified
         self._shadow_tokens = None  # 0-dim: tokens that tree would have emitted last round (read next round)
         self._shadow_size = None  # (T_r, context) of last round: retrieval alone's tree size, priced next round
@@ -332,10 +346,25 @@ class AdaptiveDrafter:
         table_draft, table_verify, start, _ = self._priced
         draft_ms, verify_ms = 1000.0 * st.draft_seconds[-1], 1000.0 * st.verify_seconds[-1]
         self.correction.update(table_draft, table_verify, draft_ms, verify_ms, 1000.0 * (now - start))
-        if self.head is not None and st.new_tokens_per_round:
-            self.rates.update(DRAFTED if self._drafted else UNDRAFTED, st.new_tokens_per_round[-1], 1000.0 * (now - start))
-            return st.new_tokens_per_round[-1] if self._drafted else None
+        if self._kind is not None and st.new_tokens_per_round:
+            self.rates.update(self._kind, st.new_tokens_per_round[-1], 1000.0 * (now - start))
+            return st.new_tokens_per_round[-1] if self._kind == DRAFTED else None
         return None
+
+    def _retrieval_guard(self, context: float) -> bool:
+        """Rule step 7 without the head: update `ret_skipping` (and the probe gap); True if this round may verify
+        a retrieved tree without the head."""
+        p_, fix = self.params, self.correction
+        if not self.retrieval or not getattr(self.cost, "corrected", True):
+            return True
+        plain_ms = fix.verify_ms(self.cost.verify_ms(1, context)) + fix.other_ms
+        if not retrieval_loses(self.rates, p_.guard_rounds, plain_ms):
+            self.ret_skipping, self.ret_probe_gap = False, p_.probe_every
+        else:
+            if self.ret_skipping and self._kind == TREE:  # a probe after which retrieval still loses
+                self.ret_probe_gap = min(2 * self.ret_probe_gap, p_.max_probe_gap * p_.probe_every)
+            self.ret_skipping = True
+        return not self.ret_skipping or self.ret_since_probe + 1 >= self.ret_probe_gap
 
     def _learn_shadow(self, emitted: int | None, shadow_tokens: int) -> None:
         """Rule step 7: the retrieval shadow of last round (drafted, and measured: `emitted` tokens), priced by the
@@ -362,6 +391,7 @@ class AdaptiveDrafter:
                                                                         self.match_classes)
         probing = self.skipping and self.since_probe + 1 >= self.probe_gap
         drafting = self.head is not None and (not self.skipping or probing)
+        allow_tree = self._retrieval_guard(context)  # without the head: may this round verify a retrieved tree?
         if drafting and getattr(self.cost, "corrected", True) and not self.shadowing:
             # rule step 7 without retrieval: measure rounds without the head too (plain probes)
             known = self.rates.rounds[UNDRAFTED] >= p_.guard_rounds
@@ -408,6 +438,10 @@ class AdaptiveDrafter:
         self._shadow_tokens = None
         self._shadow_size = (int(values["shadow size"]), context) if shadow else None
         size = int(values.get("size", 0))
+        if not levels and self.retrieval:
+            if not allow_tree:
+                size = 0  # retrieved trees lose to plain steps here: a plain step
+            self.ret_since_probe = 0 if allow_tree else self.ret_since_probe + 1
         if levels:
             self.depth_next = max(1, min(self.settings.depth, int(values["depth"])))
             self.idle = self.idle + 1 if size == 0 else 0
@@ -418,6 +452,9 @@ class AdaptiveDrafter:
             elif probing and guarded:  # the guard still holds after a probe: probe half as often
                 self.probe_gap = min(2 * self.probe_gap, p_.max_probe_gap * p_.probe_every)
         self._drafted = bool(levels)
+        self._kind = DRAFTED if levels else (TREE if size and self.retrieval else UNDRAFTED)
+        if self.head is None and not self.retrieval:
+            self._kind = None  # nothing to compare (a test oracle drafter)
         table_ms = self.cost.verify_ms(size + 1, context)  # == table[size]: host floats, no tensor read
         self.predicted_ms = draft_ms + fix.verify_ms(table_ms)
         round_index = len(self.stats.draft_seconds) if self.stats is not None else 0

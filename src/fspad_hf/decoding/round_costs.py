@@ -1,11 +1,13 @@
 """What rounds really cost and yield, for the adaptive policy (decoding/policy.py, rule steps 5 and 7).
 
 - `CostCorrection` (step 5): the cost tables' predictions against the loop's measured times.
-- `RoundRates` (step 7): realised tokens per ms of three kinds of round: rounds where the head drafted,
-  rounds where it did not, and the *retrieval shadow* of each drafted round (what retrieval alone would
-  have yielded on the same text, `shadow_tokens`).
-- `drafting_loses` (step 7): whether the head's drafted rounds realise fewer tokens per ms than the
-  alternative without it.
+- `RoundRates` (step 7): realised tokens per ms per kind of round: rounds where the head drafted
+  (`DRAFTED`), rounds without the head that verified a retrieved tree (`TREE`), plain steps (`UNDRAFTED`:
+  no head, no tree), and the *retrieval shadow* of each drafted round (`SHADOW`: what retrieval alone
+  would have yielded on the same text, `shadow_tokens`).
+- `drafting_loses` (step 7): whether the head's drafted rounds realise fewer tokens per ms than the best
+  alternative without it; `retrieval_loses`: whether retrieved trees verified without the head realise
+  fewer than plain steps.
 
 Plain host floats (the times are host measurements); no tensor is read here except in `shadow_tokens`,
 which stays on the device.
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-DRAFTED, UNDRAFTED, SHADOW = "drafted", "undrafted", "retrieval shadow"
+DRAFTED, UNDRAFTED, SHADOW, TREE = "drafted", "undrafted", "retrieval shadow", "retrieval tree"
 
 
 def _ema(old: float, new: float, weight: float) -> float:
@@ -65,14 +67,14 @@ class CostCorrection:
 
 
 class RoundRates:
-    """Realised tokens per ms per kind of round (`DRAFTED`, `UNDRAFTED`, `SHADOW`; rule step 7).
+    """Realised tokens per ms per kind of round (`DRAFTED`, `UNDRAFTED`, `SHADOW`, `TREE`; rule step 7).
 
     EMAs (weight `decay`) of emitted tokens and of wall ms per round, kept apart per kind. `SHADOW` is
     updated on the same rounds as `DRAFTED` (one shadow per drafted round, with retrieval on), so the
     two EMAs weigh the same rounds alike: a paired comparison on the same text.
     """
 
-    KINDS = (DRAFTED, UNDRAFTED, SHADOW)
+    KINDS = (DRAFTED, UNDRAFTED, SHADOW, TREE)
 
     def __init__(self, decay: float):
         self.decay = decay
@@ -91,18 +93,28 @@ class RoundRates:
         return self.tokens[kind] / self.ms[kind] if self.rounds[kind] and self.ms[kind] > 0 else None
 
 
+def plain_rate(rates: RoundRates, plain_ms: float) -> float:
+    """Tokens per ms of a plain step: measured (`UNDRAFTED` rounds) once one was, else one token per `plain_ms`."""
+    measured = rates.rate(UNDRAFTED)
+    return measured if measured is not None else 1.0 / plain_ms
+
+
 def drafting_loses(rates: RoundRates, guard_rounds: int, plain_ms: float) -> bool:
-    """Rule step 7: after `guard_rounds` drafted rounds, whether they realised fewer tokens per ms than the
-    alternative without the head: their retrieval shadow once `guard_rounds` shadows are known (retrieval on),
-    else the measured rounds without the head, else a plain step of `plain_ms` (one token)."""
+    """Rule step 7: after `guard_rounds` drafted rounds, whether they realised fewer tokens per ms than the best
+    alternative without the head: a plain step (`plain_rate`) or, once `guard_rounds` shadows are known
+    (retrieval on), their retrieval shadow."""
     if rates.rounds[DRAFTED] < guard_rounds:
         return False
+    alternative = plain_rate(rates, plain_ms)
     if rates.rounds[SHADOW] >= guard_rounds:
-        alternative = rates.rate(SHADOW)
-    else:
-        alternative = rates.rate(UNDRAFTED)
-        alternative = alternative if alternative is not None else 1.0 / plain_ms
+        alternative = max(alternative, rates.rate(SHADOW))
     return rates.rate(DRAFTED) < alternative
+
+
+def retrieval_loses(rates: RoundRates, guard_rounds: int, plain_ms: float) -> bool:
+    """Rule step 7, without the head: after `guard_rounds` rounds that verified a retrieved tree, whether they
+    realised fewer tokens per ms than plain steps (`plain_rate`)."""
+    return rates.rounds[TREE] >= guard_rounds and rates.rate(TREE) < plain_rate(rates, plain_ms)
 
 
 def shadow_estimates(tree, retrieval_rate: torch.Tensor) -> torch.Tensor:
@@ -132,5 +144,5 @@ def shadow_tokens(in_shadow: torch.BoolTensor, path: torch.LongTensor) -> torch.
     return 1 + run
 
 
-__all__ = ["CostCorrection", "RoundRates", "drafting_loses", "shadow_estimates", "shadow_tokens",
-           "DRAFTED", "UNDRAFTED", "SHADOW"]
+__all__ = ["CostCorrection", "RoundRates", "drafting_loses", "retrieval_loses", "plain_rate", "shadow_estimates",
+           "shadow_tokens", "DRAFTED", "UNDRAFTED", "SHADOW", "TREE"]
