@@ -29,10 +29,10 @@ STEP=${1:-all}
 PAIR=${PAIR:-smollm2}
 case $PAIR in
   smollm2) TARGET=smollm2; RUN=runs/long/pair; CARRY=milestones/smollm2-pair; OUT=benchmarks/results/learning-curve-smollm2
-           DEFAULT_STEPS=12000; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500 ;;
+           DEFAULT_STEPS=12000; DEFAULT_ANNEAL=3500; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500 ;;
   # Qwen: the 768 committed self-distilled answers and ShareGPT 0-2500 all turns (~5.4M tokens)
   qwen) TARGET=qwen-coder-0.5b; RUN=runs/long/qwen-pair; CARRY=milestones/qwen-pair; OUT=benchmarks/results/learning-curve-qwen
-        DEFAULT_STEPS=4000; DEFAULT_DATA=data/qwen-coder-0.5b/distilled.jsonl:768,sharegpt:0-2500 ;;
+        DEFAULT_STEPS=4000; DEFAULT_ANNEAL=1000; DEFAULT_DATA=data/qwen-coder-0.5b/distilled.jsonl:768,sharegpt:0-2500 ;;
   *) echo "PAIR must be smollm2 or qwen, got '$PAIR'" >&2; exit 2 ;;
 esac
 STEPS=${STEPS:-$DEFAULT_STEPS}
@@ -40,6 +40,10 @@ SAVE=${SAVE:-500}           # checkpoint every SAVE steps (a kill loses at most 
 MILESTONE=${MILESTONE:-1000}  # learning-curve points (held-out bench; eval loss at the same steps)
 CORE=${CORE:-0}
 RECIPE=${RECIPE:-}
+# The LR: warm-up, constant 5e-4, then a linear anneal to 0 over the last ANNEAL steps (counted by the global
+# step, so a run continued from a carry, which warms up again, anneals at the same steps). Steps 0-8,300 ran at
+# constant LR and the held-out tau flattened in epoch 2 (curve points 6,000 and 7,000): the anneal was added then.
+ANNEAL=${ANNEAL:-$DEFAULT_ANNEAL}
 # ShareGPT all-turn windows: 500 conversations give ~1.1M tokens (~2,600 windows of <=448 tokens, half of them
 # loss tokens), so 0-4500 is ~9.7M tokens, plus the first 2,748 self-distilled answers (~0.74M). The counts are
 # pinned so that the data never changes under a run that continues elsewhere. Conversations >= 17000 are the
@@ -64,7 +68,7 @@ if [[ $STEP == train || $STEP == all ]]; then
   # shellcheck disable=SC2086  # RECIPE is a list of options
   pin "$CORE" fspad-hf train "${T[@]}" --data "$DATA" --all_turns --max_length 448 --method eagle2,fspad \
     --draft_vocab_size 8192 --per_device_train_batch_size 4 --learning_rate 5e-4 \
-    --lr_scheduler_type constant_with_warmup --warmup_steps 100 --save_steps "$SAVE" --save_total_limit 100 \
+    --lr_scheduler_type constant_with_warmup --warmup_steps 100 --anneal_steps "$ANNEAL" --save_steps "$SAVE" --save_total_limit 100 \
     --logging_steps 50 --eval_fraction 0.005 --eval_strategy steps --eval_steps "$MILESTONE" --eval_unroll_steps 3 \
     --seed 0 --use_cpu "${AMP[@]}" --save_on_signal true --disable_tqdm true --max_steps "$STEPS" --output_dir "$RUN" "${continue[@]}" $RECIPE \
     >> "$LOG" 2>&1

@@ -127,6 +127,34 @@ def test_resume_after_interruption_matches_uninterrupted(setup, tmp_path):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=n)
 
 
+def test_anneal_steps_follow_the_global_step_across_an_optimizer_restart(setup, tmp_path):
+    """Warm-up, constant, then a linear anneal over the last 5 of 12 steps; a run continued from a checkpoint
+    without optimizer and scheduler state (a carry) warms up again and still anneals at the same steps."""
+    target, train, _ = setup
+    lr = 1e-3
+
+    def run(out, resume=None):
+        a = args(out, max_steps=12, warmup_steps=2, logging_steps=1, save_strategy="steps", save_steps=6,
+                 lr_scheduler_type="constant_with_warmup", anneal_steps=5, learning_rate=lr)
+        tr = FSPADTrainer(model=FSPADDraftModel.from_target(target), args=a, target=target,
+                          train_dataset=ChatDataset(train[:8]))
+        tr.train(resume_from_checkpoint=resume)
+        return {h["step"]: h["learning_rate"] for h in tr.state.log_history if "learning_rate" in h}
+
+    full = run(tmp_path / "full")
+    expected = [0, lr / 2] + [lr] * 6 + [lr * k / 5 for k in (4, 3, 2, 1)]  # the LR each step 1..12 trained at
+    assert [full[s] for s in range(1, 13)] == pytest.approx(expected)
+    ckpt = tmp_path / "full" / "checkpoint-6"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        (ckpt / name).unlink(missing_ok=True)
+    restarted = run(tmp_path / "full", resume=str(ckpt))
+    assert [restarted[s] for s in range(7, 13)] == pytest.approx([0, lr / 2] + [lr * k / 5 for k in (4, 3, 2, 1)])
+    with pytest.raises(ValueError, match="longer than the run"):
+        FSPADTrainer(
+            model=FSPADDraftModel.from_target(target), target=target, train_dataset=ChatDataset(train[:8]),
+            args=args(tmp_path / "bad", max_steps=3, anneal_steps=5)).train()
+
+
 def test_reduced_draft_vocab_trains_and_stays_lossless(setup, tmp_path):
     target, train, held_out = setup
     ids = select_draft_vocab(train, 32, VOCAB)

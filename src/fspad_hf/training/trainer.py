@@ -58,6 +58,12 @@ class FSPADTrainingArguments(TrainingArguments):
     adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2 (the papers use 0.95)."})
     max_grad_norm: float = field(default=0.0, metadata={"help": "Norm clipping (off: value clipping is used)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep loss_mask/hidden_states columns."})
+    anneal_steps: int = field(
+        default=0,
+        metadata={"help": "> 0: scale the scheduler's LR down linearly to 0 over the last N of max_steps, counted by the "
+                  "global step, so that a run continued from a carry (whose scheduler restarts with a warm-up) anneals "
+                  "at the same steps. Use with constant_with_warmup for warm-up, constant, then linear decay."},
+    )
     save_on_signal: bool = field(
         default=False,
         metadata={"help": "Checkpoint at the end of the current step on SIGUSR1 (and go on) or SIGTERM (and stop): "
@@ -73,6 +79,27 @@ class ClipGradValueCallback(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         torch.nn.utils.clip_grad_value_([p for p in model.parameters() if p.grad is not None], self.value)
+
+
+def anneal_by_global_step(scheduler, global_step, total_steps: int, anneal_steps: int) -> None:
+    """Multiply each LR lambda of `scheduler` by min(1, steps left / anneal_steps), steps left counted from
+    `global_step()` (the run's step, not the scheduler's own count, which restarts at 0 with a fresh optimizer).
+
+    The factor is 1 until `total_steps - anneal_steps`, then falls linearly; the last optimizer step runs at
+    1 / anneal_steps of the base LR. The wrapped lambdas are closures, so the scheduler's state_dict stays as
+    before (LambdaLR keeps no state for plain functions).
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        raise ValueError(f"anneal_steps needs a LambdaLR schedule (constant_with_warmup, linear, cosine...), got "
+                         f"{type(scheduler).__name__}: pick another --lr_scheduler_type or set --anneal_steps 0.")
+    if anneal_steps > total_steps:
+        raise ValueError(f"anneal_steps ({anneal_steps}) is longer than the run ({total_steps} steps): lower it.")
+
+    def wrap(base):
+        # the LR the scheduler sets now is used by the next optimizer step, global_step() + 1
+        return lambda count: base(count) * min(1.0, max(0, total_steps - global_step() - 1) / anneal_steps)
+
+    scheduler.lr_lambdas = [wrap(base) for base in scheduler.lr_lambdas]
 
 
 class FSPADTrainer(Trainer):
@@ -114,6 +141,12 @@ class FSPADTrainer(Trainer):
             self.add_callback(ClipGradValueCallback(args.clip_grad_value))
         if getattr(args, "save_on_signal", False):
             self.add_callback(SaveOnSignalCallback())
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        if getattr(self.args, "anneal_steps", 0) > 0:
+            anneal_by_global_step(scheduler, lambda: self.state.global_step, num_training_steps, self.args.anneal_steps)
+        return scheduler
 
     @property
     def is_group(self) -> bool:
