@@ -55,7 +55,10 @@ The rule, per round:
 6. Plain steps. After `patience` consecutive drafted rounds that chose T = 0, the head drafts nothing
    (retrieval candidates, cheap, are still offered and priced) except one probe round every
    `probe_every` rounds; a probe that chooses T > 0 resumes drafting, so a change of text (a
-   copy-heavy passage, an easy stretch) is noticed.
+   copy-heavy passage, an easy stretch) is noticed. A probe that again chooses T = 0 doubles the gap to
+   the next (as in step 7: up to `max_probe_gap` x `probe_every`, back to `probe_every` when drafting
+   resumes and at each new call): on a machine where trees never pay, probes cost less and less
+   (benchmarks/plain_overhead.py measures what the loop costs over plain decoding there).
 7. Realised-rate guard. Steps 3-4 price a round once its draft is paid (a sunk cost), so a head whose
    trees only break even on the verification still loses its draft time every round. The policy
    therefore keeps EMAs (weight `cost_decay`) of emitted tokens and wall ms per round, apart for rounds
@@ -135,7 +138,7 @@ class PolicyParams:
     probe_every: int = 8  # while not drafting, draft once every this many rounds
     cost_decay: float = 0.8  # EMA weight of the past for the measured-cost corrections (rule step 5)
     guard_rounds: int = 4  # drafted rounds measured before the realised-rate guard may stop drafting (rule step 7)
-    max_probe_gap: int = 8  # while the guard holds, the probe gap doubles up to this many x probe_every (rule step 7)
+    max_probe_gap: int = 8  # while skipping, the probe gap doubles up to this many x probe_every (rule steps 6-7)
 
     def __post_init__(self):
         if not 0.0 <= self.decay < 1.0 or not 0.0 <= self.cost_decay < 1.0 or not 0.0 < self.c_min <= self.c_max or not 0.0 < self.r_min <= 1.0 or self.retrieval_weight <= 0.0:
@@ -449,7 +452,7 @@ class AdaptiveDrafter:
             self.skipping = self.idle >= p_.patience or guarded
             if not self.skipping:
                 self.probe_gap = p_.probe_every
-            elif probing and guarded:  # the guard still holds after a probe: probe half as often
+            elif probing:  # still skipping after a probe (idle or guarded): probe half as often
                 self.probe_gap = min(2 * self.probe_gap, p_.max_probe_gap * p_.probe_every)
         self._drafted = bool(levels)
         self._kind = DRAFTED if levels else (TREE if size and self.retrieval else UNDRAFTED)
