@@ -16,25 +16,18 @@ import time
 import torch
 
 import fspad_hf
-from fspad_hf import FSPADDraftModel
 from fspad_hf.decoding.cost_model import CostModel, CostTable
+from _models import add_model_args, load_models  # benchmarks/_models.py
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", default="smollm2")
-    ap.add_argument("--head", default="smollm2-fspad")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max_new_tokens", type=int, default=64)
+    add_model_args(ap)
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    target, tok = fspad_hf.load_target(args.target, dtype=dtype)
-    head = FSPADDraftModel.from_pretrained(args.head).to(dtype)
+    target, tok, head = load_models(args)
     verify = CostTable("verify", list(range(1, 65)), [100], [[10.0] + [1e6] * 63], {"kind": "verify"}, 0.0, 1, 0.0)
     draft = CostTable("draft", [1, 64], [100], [[1.0, 1.0]], {"kind": "draft"}, 0.0, 1, 0.0)
     priced_out = CostModel(verify, draft, corrected=False)

@@ -16,28 +16,21 @@ import time
 
 import torch
 
-import fspad_hf
 from fspad_hf.decoding.settings import TreeSettings
 from fspad_hf.evaluation.benchmark import load_questions, prompt_ids
-from fspad_hf.head.modeling import FSPADDraftModel
+from _models import add_model_args, load_models  # benchmarks/_models.py
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--target", default="smollm2")
-    ap.add_argument("--head", default="smollm2-fspad")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--threads", type=int, default=1)
+    add_model_args(ap)
     ap.add_argument("--questions", default="../shared/data/spec_bench/question.jsonl")
     ap.add_argument("--categories", default="writing,math,rag,summarization")
-    ap.add_argument("--max_new_tokens", type=int, default=64)
     ap.add_argument("--methods", default="@8,3,4;@8,3,4+adaptive;@8,3,4+retrieval4;@8,3,4+retrieval4+adaptive",
                     help="';'-separated head suffixes (TreeSettings.parse_suffix)")
     ap.add_argument("--output", default=None, help="optional JSON of the per-round traces")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    target, tok = fspad_hf.load_target(args.target, dtype=getattr(torch, args.dtype))
-    head = FSPADDraftModel.from_pretrained(args.head)  # a folder or a shipped name
+    target, tok, head = load_models(args)
     suffixes = [s for s in args.methods.split(";") if s]
     methods = {s: TreeSettings.parse_suffix("x" + s)[1] for s in suffixes}
     questions = load_questions(args.questions, per_category=1, categories=args.categories.split(","))

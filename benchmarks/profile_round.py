@@ -38,10 +38,10 @@ from collections import Counter, defaultdict
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import fspad_hf
 from fspad_hf.decoding import generation as gen
 from fspad_hf.decoding.stats import GenerationStats
 from fspad_hf.evaluation.benchmark import load_questions
+from _models import add_model_args, load_models  # benchmarks/_models.py
 
 PHASES = ("draft", "mask", "forward", "verify", "emit", "stats", "other")
 WRAPPED = {  # generation-module global -> phase
@@ -263,24 +263,18 @@ def cpu_model() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--target", default="smollm2")
-    p.add_argument("--head", default="smollm2-fspad", help="shipped head name or head folder")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--threads", type=int, default=1)
+    add_model_args(p)
     p.add_argument("--questions", default="/work/shared/data/spec_bench/question.jsonl")
     p.add_argument("--categories", nargs="*", default=["writing", "rag", "math_reasoning"],
                    help="one first-turn prompt per category (Spec-Bench category names)")
     p.add_argument("--prompts", type=int, default=3)
-    p.add_argument("--max_new_tokens", type=int, default=64)
     p.add_argument("--configs", nargs="+", default=["static", "retrieval", "adaptive"], choices=list(CONFIGS))
     p.add_argument("--passes", nargs="+", default=["time", "count"], choices=["time", "count"])
     p.add_argument("--no_check", action="store_true", help="skip the greedy identity check against generate()")
     p.add_argument("--top_ops", type=int, default=0, help="also list the N most frequent ops per phase")
     args = p.parse_args()
 
-    torch.set_num_threads(args.threads)
-    target, tokenizer = fspad_hf.load_target(args.target, dtype=getattr(torch, args.dtype))
-    head = fspad_hf.FSPADDraftModel.from_pretrained(args.head).to(getattr(torch, args.dtype))
+    target, tokenizer, head = load_models(args)
     prompts = [encode(tokenizer, t) for t in prompts_from(args.questions, args.prompts, args.categories)]
     print(f"# {cpu_model()}; torch {torch.__version__}, {args.threads} thread(s), {args.dtype}; "
           f"{args.target} + {args.head}; {len(prompts)} prompts (lengths {[x.shape[1] for x in prompts]}), "

@@ -364,7 +364,7 @@ def test_probes_thin_out_while_the_guard_holds_and_each_call_looks_afresh(monkey
 
     def recording_draft(self, *args, **kwargs):
         tree = draft(self, *args, **kwargs)
-        drafted.append(self._drafted)
+        drafted.append(self._kind == DRAFTED)
         return tree
 
     monkeypatch.setattr(AdaptiveDrafter, "draft", recording_draft)

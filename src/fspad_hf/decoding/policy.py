@@ -320,7 +320,6 @@ class AdaptiveDrafter:
         self.predicted_ms: float | None = None
         self.correction = self.memory.setdefault("correction", CostCorrection(self.params.cost_decay))
         self.rates = self.memory.setdefault("rates", RoundRates(self.params.cost_decay))
-        self._drafted = False  # whether the last round's head drafted (for `rates`)
         self.since_plain = 0  # drafted rounds since the last round without the head (rule step 7's plain probes)
         # rule step 7's retrieval shadow: with a head and retrieval, each drafted round is also priced as if
         # retrieval alone had drafted it (no plain probes needed then)
@@ -454,7 +453,6 @@ class AdaptiveDrafter:
                 self.probe_gap = p_.probe_every
             elif probing:  # still skipping after a probe (idle or guarded): probe half as often
                 self.probe_gap = min(2 * self.probe_gap, p_.max_probe_gap * p_.probe_every)
-        self._drafted = bool(levels)
         self._kind = DRAFTED if levels else (TREE if size and self.retrieval else UNDRAFTED)
         if self.head is None and not self.retrieval:
             self._kind = None  # nothing to compare (a test oracle drafter)
