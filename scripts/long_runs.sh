@@ -7,6 +7,7 @@
 #   bash scripts/long_runs.sh shipped     # the first shipped heads on the same held-out set (the curve's start)
 #   bash scripts/long_runs.sh data        # tokens per example of the run's data (the curve's x axis)
 #   bash scripts/long_runs.sh curve       # benchmarks/results/learning-curve-smollm2/{curve.md,curve.png}
+#   PHASE=poss bash scripts/long_runs.sh train  # after the pair: PosS-2 initialised from its final FSPAD head
 #
 # Why online features and one head group: a session lasts three hours and the next one may be on a fresh machine
 # with only what was committed. Offline features (~1.16 KB per token, ~12 GB for 10M tokens) cannot be committed
@@ -49,11 +50,29 @@ ANNEAL=${ANNEAL:-$DEFAULT_ANNEAL}
 # pinned so that the data never changes under a run that continues elsewhere. Conversations >= 17000 are the
 # held-out questions: never here.
 DATA=${DATA:-$DEFAULT_DATA}
+# PHASE=poss (issue 13 item 4): a PosS-2 head (2 specialists, draft positions 1-2 and 3+, HASS-unrolled 3 steps)
+# initialised from the pair's FSPAD head at its last step (the committed carry), on the same data; its own run,
+# carry (milestones/<pair>-poss) and milestones (poss-N.json in the same curve folder, N = PosS steps).
+PHASE=${PHASE:-pair}
+case $PHASE in
+  pair) METHODS="eagle2 fspad"; HEAD_ARGS=(--method eagle2,fspad) ;;
+  poss) INIT=$CARRY/fspad
+        if [[ $STEP == train ]]; then
+          [[ -f $CARRY/trainer_state.json ]] || { echo "no pair carry in $CARRY: train the pair first" >&2; exit 1; }
+          at=$(python -c "import json; print(json.load(open('$CARRY/trainer_state.json'))['global_step'])")
+          (( at >= STEPS )) || { echo "the pair carry is at step $at of $STEPS: finish the pair (and carry) first" >&2; exit 1; }
+        fi
+        RUN=$RUN-poss; CARRY=${CARRY%-pair}-poss; STEPS=${POSS_STEPS:-1500}; ANNEAL=${POSS_ANNEAL:-500}; METHODS=poss
+        MILESTONE=${POSS_MILESTONE:-500}
+        HEAD_ARGS=(--method fspad --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 --init_from "$INIT") ;;
+  *) echo "PHASE must be pair or poss, got '$PHASE'" >&2; exit 2 ;;
+esac
 # The target's dtype (and the heads' autocast) is the one that makes a step cheaper on this CPU, measured once
 # (scripts/pick_train_dtype.py): bf16 where the CPU has bf16 matrix instructions, fp32 where it has not (5x
 # cheaper there). Features differ by bf16 rounding only; the curve is benched in fp32 either way.
 mkdir -p runs/long
 LOG=runs/logs/long-pair.log; [[ $PAIR == smollm2 ]] || LOG=runs/logs/long-$PAIR-pair.log
+[[ $PHASE == pair ]] || LOG=runs/logs/long-$PAIR-$PHASE.log
 DTYPE_CACHE=runs/long/train-dtype.json; [[ $PAIR == smollm2 ]] || DTYPE_CACHE=runs/long/train-dtype-$PAIR.json
 TRAIN_DTYPE=${TRAIN_DTYPE:-$(taskset -c "${CORE:-0}" python scripts/pick_train_dtype.py "$TARGET" "$DTYPE_CACHE")}
 AMP=(); [[ $TRAIN_DTYPE == bfloat16 ]] && AMP=(--bf16)
@@ -66,7 +85,7 @@ if [[ $STEP == train || $STEP == all ]]; then
   continue=()
   [[ -f $CARRY/carry.json ]] && continue=(--continue_from "$CARRY")
   # shellcheck disable=SC2086  # RECIPE is a list of options
-  pin "$CORE" fspad-hf train "${T[@]}" --data "$DATA" --all_turns --max_length 448 --method eagle2,fspad \
+  pin "$CORE" fspad-hf train "${T[@]}" --data "$DATA" --all_turns --max_length 448 "${HEAD_ARGS[@]}" \
     --draft_vocab_size 8192 --per_device_train_batch_size 4 --learning_rate 5e-4 \
     --lr_scheduler_type constant_with_warmup --warmup_steps 100 --anneal_steps "$ANNEAL" --save_steps "$SAVE" --save_total_limit 100 \
     --logging_steps 50 --eval_fraction 0.005 --eval_strategy steps --eval_steps "$MILESTONE" --eval_unroll_steps 3 \
@@ -78,7 +97,7 @@ newest_checkpoint() { python -c "from fspad_hf.training.checkpoints import last_
 if [[ $STEP == carry ]]; then
   # a run in progress checkpoints its current step first (SIGUSR1, --save_on_signal): no step since the last
   # save_steps multiple is lost when the session ends
-  pid=$(pgrep -f "fspad-hf train .*--output_dir $RUN" | head -1 || true)
+  pid=$(pgrep -f "fspad-hf train .*--output_dir $RUN( |$)" | head -1 || true)
   if [[ -n $pid ]]; then
     before=$(newest_checkpoint)
     kill -USR1 "$pid"
@@ -97,12 +116,13 @@ if [[ $STEP == milestones || $STEP == all ]]; then
     [[ -f $ckpt/trainer_state.json ]] || continue
     step=$(python -c "import json; print(json.load(open('$ckpt/trainer_state.json'))['global_step'])")
     (( step % MILESTONE == 0 )) || continue
-    for method in eagle2 fspad; do
+    for method in $METHODS; do
       result=$OUT/$method-$step.json
       [[ -f $result ]] && continue
+      folder=$ckpt/$method; [[ $PHASE == pair ]] || folder=$ckpt  # a head group has one subfolder per head
       pin "${BENCH_CORE:-1}" fspad-hf bench --target "$TARGET" --dtype float32 --threads 1 \
         --questions data/heldout/sharegpt-heldout.jsonl --max_new_tokens 64 --pld_tokens 0 --no_plots \
-        --head "$method=$ckpt/$method@8,3,4" --output "$result" > "runs/logs/long-bench-$PAIR-$method-$step.log" 2>&1
+        --head "$method=$folder@8,3,4" --output "$result" > "runs/logs/long-bench-$PAIR-$method-$step.log" 2>&1
     done
   done
 fi
