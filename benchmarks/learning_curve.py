@@ -1,24 +1,30 @@
 """Issue 13 item 5: held-out tau against training tokens seen, EAGLE-2 vs FSPAD (scripts/long_runs.sh).
 
-    python benchmarks/learning_curve.py benchmarks/results/learning-curve-smollm2
+    python benchmarks/learning_curve.py benchmarks/results/learning-curve-smollm2 \
+        --shipped "3000 steps on ~3.3k first-turn examples" --goal fspad=2.6
 
 Reads `<method>-<step>.json` (fspad-hf bench on the held-out set at a milestone), `shipped.json` (the first
 shipped heads, for reference) and `data.json` (the run's data: examples, tokens and loss tokens per example,
 batch size), and writes `curve.md` (and `curve.png` with matplotlib). Tokens seen = step x batch x mean
-tokens per example: the expectation under the run's random sampling, not a count.
+tokens per example: the expectation under the run's random sampling, not a count. A head continued from
+another (PosS from the pair's FSPAD head) is named by its lineage's total step, so its tokens seen include
+its parent's.
+
+The trend: per method, a least-squares fit tau = a + b * log2(tokens seen), so b is the tau gained per
+doubling of tokens seen, and with `--goal method=tau` the tokens at which the fitted line reaches the goal.
+It is a rough guide: past one epoch the tokens are repeats, and a learning-rate anneal lifts the last points.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
+import math
 from pathlib import Path
 
 
-def main(out: Path) -> None:
-    data = json.loads((out / "data.json").read_text())
-    per_step = data["batch_size"] * data["mean_tokens"]
-    loss_per_step = data["batch_size"] * data["mean_loss_tokens"]
+def read_points(out: Path) -> list[tuple[str, int, float, list | None, int | None]]:
+    """(method, step, tau, acceptance per position, identical turns) of every `<method>-<step>.json`."""
     rows = []
     for path in sorted(out.glob("*-*.json")):
         method, step = path.stem.rsplit("-", 1)
@@ -26,24 +32,84 @@ def main(out: Path) -> None:
             continue
         overall = json.loads(path.read_text())["methods"][method]["overall"]
         rows.append((method, int(step), overall["tau"], overall.get("acceptance_per_position"), overall.get("identical_turns")))
-    rows.sort(key=lambda r: (r[1], r[0]))
+    return sorted(rows, key=lambda r: (r[1], r[0]))
+
+
+def log_fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """Least squares tau = a + b * log2(x) over (x, tau) points with x > 0; None with fewer than 3 points."""
+    pts = [(math.log2(x), y) for x, y in points if x > 0]
+    if len(pts) < 3:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if sxx == 0:
+        return None
+    b = sum((x - mx) * (y - my) for x, y in pts) / sxx
+    return my - b * mx, b
+
+
+def tokens_for(fit: tuple[float, float], goal: float) -> float | None:
+    """x at which a + b * log2(x) = goal; None when the line does not rise."""
+    a, b = fit
+    return 2 ** ((goal - a) / b) if b > 0 else None
+
+
+def trend_lines(rows, per_step: float, goals: dict[str, float]) -> list[str]:
+    lines = ["", "Trend (least squares over the milestones, tau = a + b log2(tokens seen); a rough guide: tokens past "
+             "one epoch are repeats and the LR anneal lifts the last points):", "",
+             "| method | points | tau per doubling of tokens | goal | tokens seen at the goal (fit) |", "|---|---|---|---|---|"]
+    for method in sorted({r[0] for r in rows}):
+        pts = [(s * per_step / 1e6, t) for m, s, t, _, _ in rows if m == method]
+        fit = log_fit(pts)
+        if fit is None:
+            continue
+        goal = goals.get(method)
+        need = tokens_for(fit, goal) if goal is not None else None
+        at = "-" if goal is None else (f"~{need:,.0f}M" if need is not None else "not reached (flat)")
+        lines.append(f"| {method} | {len(pts)} | {fit[1]:+.3f} | {goal if goal is not None else '-'} | {at} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out", nargs="?", default="benchmarks/results/learning-curve-smollm2", type=Path)
+    p.add_argument("--shipped", default="3000 steps on ~3.3k first-turn examples, multi-epoch",
+                   help="how the first shipped heads (shipped.json) were trained: the reference rows' text")
+    p.add_argument("--goal", action="append", default=[], metavar="METHOD=TAU",
+                   help="the issue's held-out tau goal for a method (repeatable): the trend says when the fit reaches it")
+    a = p.parse_args(argv)
+    out = a.out
+    goals = {}
+    for g in a.goal:
+        method, _, tau = g.partition("=")
+        try:
+            goals[method] = float(tau)
+        except ValueError:
+            p.error(f"--goal {g!r}: expected METHOD=TAU, e.g. fspad=2.6")
+    data = json.loads((out / "data.json").read_text())
+    per_step = data["batch_size"] * data["mean_tokens"]
+    loss_per_step = data["batch_size"] * data["mean_loss_tokens"]
+    rows = read_points(out)
     lines = [f"Data: {data['examples']:,} training examples ({data['source']}), {data['mean_tokens']:.0f} tokens and "
              f"{data['mean_loss_tokens']:.0f} assistant (loss) tokens per example on average; batch {data['batch_size']}.", "",
              "| method | step | tokens seen | assistant tokens seen | held-out tau | acceptance p1/p2/p3 | identical turns |",
              "|---|---|---|---|---|---|---|"]
 
-    def accept(a):
-        return " / ".join(f"{x:.2f}" for x in (a or [])[:3]) or "-"
+    def accept(acc):
+        return " / ".join(f"{x:.2f}" for x in (acc or [])[:3]) or "-"
 
     shipped = out / "shipped.json"
     if shipped.is_file():
         for method, summary in json.loads(shipped.read_text())["methods"].items():
             if method != "baseline":
                 o = summary["overall"]
-                lines.append(f"| {method} (first shipped heads) | 3000 | ~3.3k first-turn examples, multi-epoch | - | {o['tau']:.3f} | "
+                lines.append(f"| {method} (first shipped heads) | - | {a.shipped} | - | {o['tau']:.3f} | "
                              f"{accept(o.get('acceptance_per_position'))} | {o.get('identical_turns')} |")
-    lines += [f"| {m} | {s} | {s * per_step / 1e6:.2f}M | {s * loss_per_step / 1e6:.2f}M | {t:.3f} | {accept(a)} | {i} |"
-              for m, s, t, a, i in rows]
+    lines += [f"| {m} | {s} | {s * per_step / 1e6:.2f}M | {s * loss_per_step / 1e6:.2f}M | {t:.3f} | {accept(acc)} | {i} |"
+              for m, s, t, acc, i in rows]
+    lines += trend_lines(rows, per_step, goals)
     (out / "curve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
@@ -57,6 +123,9 @@ def main(out: Path) -> None:
     for method in sorted({r[0] for r in rows}):
         pts = [(s * per_step / 1e6, t) for m, s, t, _, _ in rows if m == method]
         plt.plot(*zip(*pts), marker="o", label=method)
+    for method, goal in goals.items():
+        plt.axhline(goal, linestyle=":", color="gray")
+        plt.annotate(f"{method} goal {goal}", (0, goal), textcoords="offset points", xytext=(4, 3), fontsize=8)
     plt.xlabel("training tokens seen (M)")
     plt.ylabel("held-out tau (fp32, static 8/3/4)")
     plt.legend()
@@ -64,4 +133,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/learning-curve-smollm2"))
+    main()

@@ -30,10 +30,12 @@ STEP=${1:-all}
 PAIR=${PAIR:-smollm2}
 case $PAIR in
   smollm2) TARGET=smollm2; RUN=runs/long/pair; CARRY=milestones/smollm2-pair; OUT=benchmarks/results/learning-curve-smollm2
-           DEFAULT_STEPS=12000; DEFAULT_ANNEAL=3500; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500 ;;
+           DEFAULT_STEPS=12000; DEFAULT_ANNEAL=3500; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500
+           SHIPPED_NOTE="3,000 steps on ~3.3k first-turn examples, multi-epoch"; GOAL=2.6 ;;
   # Qwen: the 768 committed self-distilled answers and ShareGPT 0-2500 all turns (~5.4M tokens)
   qwen) TARGET=qwen-coder-0.5b; RUN=runs/long/qwen-pair; CARRY=milestones/qwen-pair; OUT=benchmarks/results/learning-curve-qwen
-        DEFAULT_STEPS=4000; DEFAULT_ANNEAL=1000; DEFAULT_DATA=data/qwen-coder-0.5b/distilled.jsonl:768,sharegpt:0-2500 ;;
+        DEFAULT_STEPS=4000; DEFAULT_ANNEAL=1000; DEFAULT_DATA=data/qwen-coder-0.5b/distilled.jsonl:768,sharegpt:0-2500
+        SHIPPED_NOTE="1,200 steps on ~1.6k first-turn examples, multi-epoch"; GOAL=2.4 ;;
   *) echo "PAIR must be smollm2 or qwen, got '$PAIR'" >&2; exit 2 ;;
 esac
 STEPS=${STEPS:-$DEFAULT_STEPS}
@@ -52,8 +54,9 @@ ANNEAL=${ANNEAL:-$DEFAULT_ANNEAL}
 DATA=${DATA:-$DEFAULT_DATA}
 # PHASE=poss (issue 13 item 4): a PosS-2 head (2 specialists, draft positions 1-2 and 3+, HASS-unrolled 3 steps)
 # initialised from the pair's FSPAD head at its last step (the committed carry), on the same data; its own run,
-# carry (milestones/<pair>-poss) and milestones (poss-N.json in the same curve folder, N = PosS steps).
+# carry (milestones/<pair>-poss) and milestones (poss-N.json in the same curve folder, N = pair steps + PosS steps).
 PHASE=${PHASE:-pair}
+PAIR_STEPS=$STEPS  # a PosS milestone is named by its lineage's total step (pair + PosS steps): the curve's x axis
 case $PHASE in
   pair) METHODS="eagle2 fspad"; HEAD_ARGS=(--method eagle2,fspad) ;;
   poss) INIT=$CARRY/fspad
@@ -117,7 +120,7 @@ if [[ $STEP == milestones || $STEP == all ]]; then
     step=$(python -c "import json; print(json.load(open('$ckpt/trainer_state.json'))['global_step'])")
     (( step % MILESTONE == 0 )) || continue
     for method in $METHODS; do
-      result=$OUT/$method-$step.json
+      result=$OUT/$method-$step.json; [[ $PHASE == pair ]] || result=$OUT/$method-$((PAIR_STEPS + step)).json
       [[ -f $result ]] && continue
       folder=$ckpt/$method; [[ $PHASE == pair ]] || folder=$ckpt  # a head group has one subfolder per head
       pin "${BENCH_CORE:-1}" fspad-hf bench --target "$TARGET" --dtype float32 --threads 1 \
@@ -149,5 +152,5 @@ EOF
 fi
 
 if [[ $STEP == curve || $STEP == all ]]; then
-  python benchmarks/learning_curve.py "$OUT"
+  python benchmarks/learning_curve.py "$OUT" --shipped "$SHIPPED_NOTE" --goal "fspad=$GOAL"
 fi

@@ -1,0 +1,37 @@
+"""benchmarks/learning_curve.py: the curve table and its log-linear trend."""
+
+import json
+import math
+
+import pytest
+
+from benchmarks.learning_curve import log_fit, main, tokens_for
+
+
+def test_log_fit_recovers_slope_and_goal():
+    pts = [(x, 1.5 + 0.1 * math.log2(x)) for x in (1.0, 2.0, 8.0, 16.0)]  # +0.1 tau per doubling
+    a, b = log_fit(pts)
+    assert a == pytest.approx(1.5) and b == pytest.approx(0.1)
+    assert tokens_for((a, b), 2.0) == pytest.approx(32.0)  # 1.5 + 0.1 * 5
+    assert tokens_for((2.0, -0.1), 2.5) is None  # a falling line never reaches the goal
+    assert log_fit(pts[:2]) is None  # too few points for a trend
+
+
+def _bench(path, method, tau):
+    path.write_text(json.dumps({"methods": {method: {"overall": {"tau": tau, "acceptance_per_position": [0.5, 0.2],
+                                                                   "identical_turns": 40}}}}))
+
+
+def test_curve_table_trend_and_bad_goal(tmp_path):
+    (tmp_path / "data.json").write_text(json.dumps({"source": "s", "examples": 10, "batch_size": 4, "mean_tokens": 250.0,
+                                                     "mean_loss_tokens": 125.0}))  # 1,000 tokens per step
+    for step, tau in ((1000, 1.6), (2000, 1.7), (4000, 1.8)):
+        _bench(tmp_path / f"fspad-{step}.json", "fspad", tau)
+    _bench(tmp_path / "poss-4500.json", "poss", 1.9)  # named by its lineage's total step
+    main([str(tmp_path), "--goal", "fspad=2.0"])
+    text = (tmp_path / "curve.md").read_text()
+    assert "| poss | 4500 | 4.50M |" in text
+    # 1M, 2M, 4M tokens -> +0.1 per doubling; 2.0 is two doublings past 4M
+    assert "| fspad | 3 | +0.100 | 2.0 | ~16M |" in text
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--goal", "fspad:2.0"])
