@@ -2,6 +2,10 @@
 
     python scripts/finalize_heads.py --checkpoint runs/smollm2-fspad/checkpoint-800 --name smollm2-fspad \
         --benchmark benchmarks/results/smollm2-bf16.json --tree 12,4,4
+
+A head of a head group (`--method eagle2,fspad`) is the group checkpoint's subfolder
+(`runs/long/pair/checkpoint-12000/fspad`): the trainer state is read from the group folder and the
+per-head metrics (`eval_fspad_acc_p1`, `fspad_...`) from its log.
 """
 
 import argparse
@@ -18,6 +22,22 @@ from fspad_hf.head.loading import INT8_WEIGHTS_NAME
 from fspad_hf.head.storage import save_int8
 
 
+def heldout_tau(path: str | None, method: str | None) -> str | None:
+    """'2.25 (fp32, static 8/3/4, 40 questions, 64 new tokens)' from a held-out bench JSON, or None."""
+    if path is None:
+        return None
+    summary = json.loads(Path(path).read_text())
+    methods = {k: v for k, v in summary["methods"].items() if k != "baseline"}
+    if method is None and len(methods) != 1:
+        raise SystemExit(f"--heldout {path} holds {sorted(methods)}: which one is this head? Pass a file with one head.")
+    name = method or next(iter(methods))
+    o = methods[name]["overall"]
+    c = summary["config"]
+    spec = next((h for h in c.get("heads", []) if h.startswith(f"{name}=")), "")
+    tree = spec.rsplit("@", 1)[-1].replace(",", "/") if "@" in spec else "the head's default"
+    return f"{o['tau']:.3f} ({c['dtype']}, tree {tree}, {c['questions']} questions, {c['max_new_tokens']} new tokens)"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
@@ -28,22 +48,35 @@ def main():
                    "first turns 2400-4399 (offline bf16 target features)")
     p.add_argument("--command", default="bash scripts/smollm2_heads.sh main", help="the command that trained it")
     p.add_argument("--int8", action="store_true", help="store the weights as int8 (fspad_hf.head.storage; ~half of bf16)")
+    p.add_argument("--lr_schedule", default=None, help="the learning-rate schedule, in words, for the card")
+    p.add_argument("--tokens", type=int, default=None, help="training tokens seen, for the card")
+    p.add_argument("--heldout", default=None,
+                   help="fspad-hf bench JSON on held-out questions: the card records this head's tau from it")
     a = p.parse_args()
     ckpt = Path(a.checkpoint)
     head = FSPADDraftModel.from_pretrained(ckpt).to(torch.bfloat16)
     if a.tree:
         head.config.tree_total_tokens, head.config.tree_depth, head.config.tree_top_k = (int(x) for x in a.tree.split(","))
-    state = json.loads((ckpt / "trainer_state.json").read_text())
+    in_group = not (ckpt / "trainer_state.json").is_file() and (ckpt.parent / "heads.json").is_file()
+    state = json.loads(((ckpt.parent if in_group else ckpt) / "trainer_state.json").read_text())
+    prefix = f"{ckpt.name}_" if in_group else ""  # a group logs each head's metrics under its name
     logs = [h for h in state["log_history"] if "loss" in h]
+    last = next((h for h in reversed(logs) if f"{prefix}logit_loss_p1" in h), None)
+    eval_key = f"eval_{prefix}acc_p"
     training = {
         "data": a.data,
         "max_steps": state["global_step"],
         "learning_rate": max((h.get("learning_rate", 0.0) for h in logs), default=None),
+        "lr_schedule": a.lr_schedule,
+        "tokens": a.tokens,
         "per_device_train_batch_size": state.get("train_batch_size", 4),
-        "train_loss": logs[-1]["loss"] if logs else None,
+        # a group's "loss" is the sum over its heads: report this head's own terms
+        "train_loss": (f"feature {last[prefix + 'feature_loss_p1']:.3f}, logit {last[prefix + 'logit_loss_p1']:.3f} "
+                       f"(position 1)" if in_group and last else (logs[-1]["loss"] if logs else None)),
         "examples": state["global_step"] * state.get("train_batch_size", 4),
-        "eval_top1_per_position": next(([round(h[k], 4) for k in sorted(h) if k.startswith("eval_acc_p")]
-                                        for h in reversed(state["log_history"]) if "eval_acc_p1" in h), None),
+        "eval_top1_per_position": next(([round(h[k], 4) for k in sorted(h) if k.startswith(eval_key)]
+                                        for h in reversed(state["log_history"]) if f"{eval_key}1" in h), None),
+        "heldout_tau": heldout_tau(a.heldout, ckpt.name if in_group else None),
         "seed": 0,
         "hardware": f"1 CPU core, no GPU (command: {a.command})",
     }

@@ -35,11 +35,14 @@ OUT=benchmarks/results/recipe-smollm2
 QUESTIONS=data/heldout/sharegpt-heldout.jsonl
 mkdir -p runs/logs runs/recipe $OUT
 PIN=(env OMP_NUM_THREADS=1 nice -n 10 taskset -c ${CORE:-0})
-FEAT_D=runs/recipe-feat-distilled FEAT_S=runs/recipe-feat-sharegpt
+FEAT_D=runs/recipe-feat-distilled FEAT_S=runs/recipe-feat-sharegpt FEAT_C=runs/recipe-feat-chitchat
 PREP=(--target smollm2 --target_dtype bfloat16 --max_length 448 --features)
 features() {
   df -h . | sed 's/^/[df] /'
-  for spec in "$FEAT_D|--data data/smollm2/distilled.jsonl:0-1500" "$FEAT_S|--data sharegpt:2400-3400 --max_turns 1"; do
+  # chitchat (item 1: "plus chitchat if it helps (measure)"): the first 150 usable chats, all turns, cut into
+  # 448-token windows: 603 windows (~20% of the chitchat variant's examples), 242k tokens, 55k assistant tokens
+  for spec in "$FEAT_D|--data data/smollm2/distilled.jsonl:0-1500" "$FEAT_S|--data sharegpt:2400-3400 --max_turns 1" \
+              "$FEAT_C|--data chitchat:0-150 --all_turns"; do
     local out=${spec%%|*} args=${spec#*|} t0
     if python - "$out" <<'PY'
 import json, sys, pathlib
@@ -77,6 +80,12 @@ VARIANTS=(
   "no-noise|--feature_noise 0"
   "lr1e-3|--learning_rate 1e-3"
   "vocab16k|--draft_vocab_size 16384"
+  # session 13 (Zen 5 EPYC): the items the first study left out, and the baseline again on this machine
+  "chitchat|--features_dir $FEAT_D/features,$FEAT_S/features,$FEAT_C/features"
+  "baseline-rerun|"
+  "batch8|--gradient_accumulation_steps 2 --max_steps $((STEPS / 2))"
+  "vocab32k|--draft_vocab_size 32768"
+  "batch2|--per_device_train_batch_size 2 --max_steps $((STEPS * 2))"
 )
 BENCH=(--target smollm2 --dtype float32 --questions $QUESTIONS --max_new_tokens 64 --pld_tokens 0 --threads 1 --no_plots)
 
@@ -122,7 +131,23 @@ import json, re, sys, pathlib
 out, steps, train, bench, specs = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
 rows = ["| variant | command difference | steps | held-out tau | acceptance per position | identical turns | train s/step | final eval acc p1/p2/p3 |",
         "|---|---|---|---|---|---|---|---|"]
-base_tau = None
+def tau_of(name):
+    res = out / f"{name}.json"
+    if not res.exists():
+        return None
+    return next(m for k, m in json.loads(res.read_text())["methods"].items() if k != "baseline")["overall"]["tau"]
+
+# each variant is compared with the baseline of the machine it ran on (the rerun from "chitchat" on)
+names = [spec.partition("|")[0] for spec in specs]
+# train s/step and eval acc come from the training logs (runs/logs, not committed): on a machine without a
+# variant's log, keep what the previous summary.md said of it
+previous = {}
+if (out / "summary.md").exists():
+    for line in (out / "summary.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[0] in names:
+            previous[cells[0]] = (cells[6], cells[7])
+second = names.index("chitchat") if "chitchat" in names else len(names)
 for spec in specs:
     name, _, extra = spec.partition("|")
     res = out / f"{name}.json"
@@ -130,24 +155,33 @@ for spec in specs:
     text = log.read_text(errors="replace") if log.exists() else ""
     rt = re.findall(r"'train_runtime': '?([0-9.]+)", text)
     gs = re.findall(r"global_step=(\d+)|'step': (\d+)", text)
-    sps = f"{float(rt[-1]) / int(steps):.2f}" if rt else "-"
+    own = re.findall(r"--max_steps (\d+)", extra)
+    vsteps = int(own[-1]) if own else int(steps)  # a variant may set its own steps (equal examples seen)
+    sps = f"{float(rt[-1]) / vsteps:.2f}" if rt else "-"
     ev = [re.findall(rf"'eval_acc_p{k}': '?([0-9.]+)", text) for k in (1, 2, 3)]
     evs = "/".join(f"{float(e[-1]):.3f}" for e in ev) if all(ev) else "-"
+    if not text and name in previous:
+        sps, evs = previous[name]
     if not res.exists():
-        rows.append(f"| {name} | `{extra or '(today)'}` | {steps} | (not run yet) | | | {sps} | {evs} |")
+        rows.append(f"| {name} | `{extra or '(today)'}` | {vsteps} | (not run yet) | | | {sps} | {evs} |")
         continue
     methods = json.loads(res.read_text())["methods"]
     head = next(m for k, m in methods.items() if k != "baseline")["overall"]
-    base_tau = head["tau"] if name == "baseline" else base_tau
-    delta = f" ({head['tau'] - base_tau:+.2f})" if base_tau is not None and name != "baseline" else ""
+    base = "baseline-rerun" if names.index(name) >= second else "baseline"
+    base_tau = tau_of(base)
+    delta = f" ({head['tau'] - base_tau:+.2f})" if base_tau is not None and name != base else ""
     acc = " / ".join(f"{a:.2f}" for a in head.get("acceptance_per_position", []))
     ident = head.get("identical_turns")
     turns = methods["baseline"]["overall"]["questions"]
-    rows.append(f"| {name} | `{extra or '(today)'}` | {steps} | {head['tau']:.3f}{delta} | {acc} | {ident}/{turns} | {sps} | {evs} |")
+    rows.append(f"| {name} | `{extra or '(today)'}` | {vsteps} | {head['tau']:.3f}{delta} | {acc} | {ident}/{turns} | {sps} | {evs} |")
 md = ["# Recipe study: SmolLM2-135M FSPAD heads at equal compute (issue 13 item 3)", "",
       "Every variant trains on the same offline bf16 features (1,500 self-distilled answers + the raw ShareGPT first",
       f"turns of conversations 2400-3399, 898 usable; 702k tokens, 448 tokens max), seed 0, batch 4, {steps} steps; it differs from today's recipe only by the",
-      "options shown. Selection metric: held-out tau (new tokens per target forward, bonus included) of `fspad-hf bench`,",
+      "options shown (batch8 and batch2 see the same number of examples in fewer / more steps; chitchat adds 603 windows",
+      "of 150 chitchat-dataset chats to the same features). Variants from baseline to vocab16k ran on a 2-core Sapphire",
+      "Rapids Xeon (session 6), chitchat to baseline-rerun on a 2-core Zen 5 EPYC (session 13), with the features extracted",
+      "again there: baseline-rerun is the same command as baseline, so the two baselines show how far tau moves between",
+      "machines (bf16 features and training round differently). Selection metric: held-out tau (new tokens per target forward, bonus included) of `fspad-hf bench`,",
       "fp32, greedy, static tree 8/3/4, 64 new tokens, on 40 ShareGPT first turns of conversations >= 17000 (never",
       "trained on; `scripts/make_heldout.py`). Acceptance per position: fraction of verification rounds in which the",
       "drafted token at depth p was accepted (not conditional on depth p-1). Identical turns: greedy output",
@@ -160,6 +194,7 @@ md = ["# Recipe study: SmolLM2-135M FSPAD heads at equal compute (issue 13 item 
       "python scripts/make_heldout.py",
       "fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_length 448 --features --data data/smollm2/distilled.jsonl:0-1500 --output_dir runs/recipe-feat-distilled",
       "fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_length 448 --features --data sharegpt:2400-3400 --max_turns 1 --output_dir runs/recipe-feat-sharegpt",
+      "fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_length 448 --features --data chitchat:0-150 --all_turns --output_dir runs/recipe-feat-chitchat",
       train, bench, "```", "", "Options per variant (`<options>`):", ""]
 md += [f"- {spec.partition('|')[0]}: `{spec.partition('|')[2] or '(none)'}`" for spec in specs]
 (out / "summary.md").write_text("\n".join(md) + "\n")

