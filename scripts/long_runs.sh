@@ -8,6 +8,7 @@
 #   bash scripts/long_runs.sh data        # tokens per example of the run's data (the curve's x axis)
 #   bash scripts/long_runs.sh curve       # benchmarks/results/learning-curve-smollm2/{curve.md,curve.png}
 #   PHASE=poss bash scripts/long_runs.sh train  # after the pair: PosS-2 initialised from its final FSPAD head
+#   bash scripts/long_runs.sh ship        # the final heads -> src/fspad_hf/heads/<target>-<method> (+ cards)
 #
 # Why online features and one head group: a session lasts three hours and the next one may be on a fresh machine
 # with only what was committed. Offline features (~1.16 KB per token, ~12 GB for 10M tokens) cannot be committed
@@ -31,11 +32,13 @@ PAIR=${PAIR:-smollm2}
 case $PAIR in
   smollm2) TARGET=smollm2; RUN=runs/long/pair; CARRY=milestones/smollm2-pair; OUT=benchmarks/results/learning-curve-smollm2
            DEFAULT_STEPS=12000; DEFAULT_ANNEAL=3500; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500
-           SHIPPED_NOTE="3,000 steps on ~3.3k first-turn examples, multi-epoch"; GOAL=2.6 ;;
+           SHIPPED_NOTE="3,000 steps on ~3.3k first-turn examples, multi-epoch"; GOAL=2.6; INT8=()
+           DATA_NOTE="2,748 self-distilled SmolLM2 answers + every assistant turn of ShareGPT conversations 0-4499" ;;
   # Qwen: the 768 committed self-distilled answers and ShareGPT 0-2500 all turns (~5.4M tokens)
   qwen) TARGET=qwen-coder-0.5b; RUN=runs/long/qwen-pair; CARRY=milestones/qwen-pair; OUT=benchmarks/results/learning-curve-qwen
         DEFAULT_STEPS=4000; DEFAULT_ANNEAL=1000; DEFAULT_DATA=data/qwen-coder-0.5b/distilled.jsonl:768,sharegpt:0-2500
-        SHIPPED_NOTE="1,200 steps on ~1.6k first-turn examples, multi-epoch"; GOAL=2.4 ;;
+        SHIPPED_NOTE="1,200 steps on ~1.6k first-turn examples, multi-epoch"; GOAL=2.4; INT8=(--int8)
+        DATA_NOTE="768 self-distilled Qwen answers + every assistant turn of ShareGPT conversations 0-2499" ;;
   *) echo "PAIR must be smollm2 or qwen, got '$PAIR'" >&2; exit 2 ;;
 esac
 STEPS=${STEPS:-$DEFAULT_STEPS}
@@ -149,6 +152,25 @@ json.dump({"source": data + " (all turns, 448-token windows)", "examples": n, "b
            "mean_tokens": sum(len(e["input_ids"]) for e in examples) / n,
            "mean_loss_tokens": sum(sum(e["loss_mask"]) for e in examples) / n}, open(out, "w"), indent=1)
 EOF
+fi
+
+if [[ $STEP == ship ]]; then  # the heads at the run's last step, with the held-out bench of that step in the card
+  ckpt=$RUN/checkpoint-$STEPS; [[ -d $ckpt ]] || ckpt=$CARRY  # the carry holds int8 weights: dequantized
+  at=$(python -c "import json; print(json.load(open('$ckpt/trainer_state.json'))['global_step'])")
+  (( at == STEPS )) || { echo "$ckpt is at step $at, not the run's last step $STEPS: train (and carry) first" >&2; exit 1; }
+  tokens=$(python -c "import json; d=json.load(open('$OUT/data.json')); print(round($STEPS * d['batch_size'] * d['mean_tokens']))")
+  examples=$(python -c "import json; print(json.load(open('$OUT/data.json'))['examples'])")
+  pre=0; [[ $PHASE == pair ]] || pre=$PAIR_STEPS
+  for method in $METHODS; do
+    heldout=$OUT/$method-$((pre + STEPS)).json
+    [[ -f $heldout ]] || { echo "no held-out bench $heldout: run 'milestones' first" >&2; exit 1; }
+    folder=$ckpt/$method; [[ $PHASE == pair ]] || folder=$ckpt
+    init=""; [[ $PHASE == pair ]] || init=", initialised from the pair's FSPAD head at step $PAIR_STEPS"
+    python scripts/finalize_heads.py --checkpoint "$folder" --name "$TARGET-$method" --tree 8,3,4 "${INT8[@]}" \
+      --data "$DATA_NOTE ($examples windows of <= 448 tokens, all turns, online $TRAIN_DTYPE target features)$init" \
+      --lr_schedule "100-step warm-up, constant 5e-4, linear anneal to 0 over the last $ANNEAL steps (AdamW and warm-up restarted at each carry to another machine)" \
+      --tokens "$tokens" --heldout "$heldout" --benchmark "$heldout" --command "bash scripts/long_runs.sh train (PAIR=$PAIR PHASE=$PHASE)"
+  done
 fi
 
 if [[ $STEP == curve || $STEP == all ]]; then
