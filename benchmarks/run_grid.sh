@@ -10,6 +10,9 @@
 # long training run on the other core: ratios stay interleaved, absolute speeds drop) and
 # resumes from its .partial.jsonl if interrupted. Results: benchmarks/results/grid-<machine>/<target>-<dtype>-<T>t/,
 # <machine> from lscpu (e.g. xeon-amx, epyc-avx512bf16, epyc-avx2) or $MACHINE.
+# New heads against the ones they replace, in the same interleaved run: TAG=heads2 PREV=DIR (a folder holding the
+# previous <head> folders, e.g. from `git archive <commit> src/fspad_hf/heads`) adds `default-prev` and `static-prev`
+# and writes to grid-<machine>-<TAG>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS=${1:-smollm2}; DTYPES=${2:-"float32 bfloat16"}; THREADS=${3:-"1 2"}; PER=${4:-2}; N=${5:-64}
@@ -28,7 +31,8 @@ for target in $TARGETS; do
   head=${HEAD[$target]}
   for dtype in $DTYPES; do
     for t in $THREADS; do
-      out=benchmarks/results/grid-$MACHINE/$target-$dtype-${t}t
+      out=benchmarks/results/grid-$MACHINE${TAG:+-$TAG}/$target-$dtype-${t}t
+      prev=(); [[ -n ${PREV:-} ]] && prev=(--head "default-prev=$PREV/$head" --head "static-prev=$PREV/$head@8,3,4")
       [[ -f $out/results.json ]] && { echo "[grid] $out exists: skipped"; continue; }
       mkdir -p "$out"
       echo "[grid] $target $dtype $t thread(s) $(date +%T)"
@@ -37,7 +41,7 @@ for target in $TARGETS; do
         --head "$head" --threads "$t" > "$out/calibrate.log" 2>&1
       OMP_NUM_THREADS=$t "${run[@]}" fspad-hf bench --target "$target" --dtype "$dtype" --threads "$t" \
         --questions ../shared/data/spec_bench/question.jsonl --per_category "$PER" --max_new_tokens "$N" \
-        --head "default=$head" --head "static=$head@8,3,4" --retrieval 4 --pld_tokens 10 --no_plots \
+        --head "default=$head" --head "static=$head@8,3,4" "${prev[@]}" --retrieval 4 --pld_tokens 10 --no_plots \
         --output "$out/results.json" > "$out/bench.log" 2>&1
       echo "[grid] done $(date +%T)"; head -12 "$out/results.md"
     done
