@@ -40,7 +40,7 @@ PREP=(--target smollm2 --target_dtype bfloat16 --max_length 448 --features)
 features() {
   df -h . | sed 's/^/[df] /'
   # chitchat (item 1: "plus chitchat if it helps (measure)"): the first 150 usable chats, all turns, cut into
-  # 448-token windows: 603 windows (~20% of the chitchat variant's examples), 242k tokens, 55k assistant tokens
+  # 448-token windows: 497 windows (17% of the chitchat variant's examples), 195k tokens, 215 MiB of features
   for spec in "$FEAT_D|--data data/smollm2/distilled.jsonl:0-1500" "$FEAT_S|--data sharegpt:2400-3400 --max_turns 1" \
               "$FEAT_C|--data chitchat:0-150 --all_turns"; do
     local out=${spec%%|*} args=${spec#*|} t0
@@ -177,8 +177,8 @@ for spec in specs:
 md = ["# Recipe study: SmolLM2-135M FSPAD heads at equal compute (issue 13 item 3)", "",
       "Every variant trains on the same offline bf16 features (1,500 self-distilled answers + the raw ShareGPT first",
       f"turns of conversations 2400-3399, 898 usable; 702k tokens, 448 tokens max), seed 0, batch 4, {steps} steps; it differs from today's recipe only by the",
-      "options shown (batch8 and batch2 see the same number of examples in fewer / more steps; chitchat adds 603 windows",
-      "of 150 chitchat-dataset chats to the same features). Variants from baseline to vocab16k ran on a 2-core Sapphire",
+      "options shown (batch8 and batch2 see the same number of examples in fewer / more steps; chitchat adds 497 windows",
+      "(195k tokens) of 150 chitchat-dataset chats to the same features). Variants from baseline to vocab16k ran on a 2-core Sapphire",
       "Rapids Xeon (session 6), chitchat to baseline-rerun on a 2-core Zen 5 EPYC (session 13), with the features extracted",
       "again there: baseline-rerun is the same command as baseline, so the two baselines show how far tau moves between",
       "machines (bf16 features and training round differently). Selection metric: held-out tau (new tokens per target forward, bonus included) of `fspad-hf bench`,",
