@@ -61,7 +61,7 @@ DATA=${DATA:-$DEFAULT_DATA}
 PHASE=${PHASE:-pair}
 PAIR_STEPS=$STEPS  # a PosS milestone is named by its lineage's total step (pair + PosS steps): the curve's x axis
 case $PHASE in
-  pair) METHODS="eagle2 fspad"; HEAD_ARGS=(--method eagle2,fspad) ;;
+  pair) METHODS="eagle2 fspad"; HEAD_ARGS=(--method eagle2,fspad); LR=${LR:-5e-4} ;;
   poss) INIT=$CARRY/fspad
         if [[ $STEP == train ]]; then
           [[ -f $CARRY/trainer_state.json ]] || { echo "no pair carry in $CARRY: train the pair first" >&2; exit 1; }
@@ -70,6 +70,9 @@ case $PHASE in
         fi
         RUN=$RUN-poss; CARRY=${CARRY%-pair}-poss; STEPS=${POSS_STEPS:-1500}; ANNEAL=${POSS_ANNEAL:-500}; METHODS=poss
         MILESTONE=${POSS_MILESTONE:-500}
+        # 1e-4, not the pair's 5e-4: the FSPAD head it starts from was annealed to LR 0, and at 5e-4 its training
+        # top-1 at position 1 fell from 0.633 to 0.582 within 150 steps (session 13) before PosS had learned anything
+        LR=${POSS_LR:-1e-4}
         HEAD_ARGS=(--method fspad --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 --init_from "$INIT") ;;
   *) echo "PHASE must be pair or poss, got '$PHASE'" >&2; exit 2 ;;
 esac
@@ -92,7 +95,7 @@ if [[ $STEP == train || $STEP == all ]]; then
   [[ -f $CARRY/carry.json ]] && continue=(--continue_from "$CARRY")
   # shellcheck disable=SC2086  # RECIPE is a list of options
   pin "$CORE" fspad-hf train "${T[@]}" --data "$DATA" --all_turns --max_length 448 "${HEAD_ARGS[@]}" \
-    --draft_vocab_size 8192 --per_device_train_batch_size 4 --learning_rate 5e-4 \
+    --draft_vocab_size 8192 --per_device_train_batch_size 4 --learning_rate "$LR" \
     --lr_scheduler_type constant_with_warmup --warmup_steps 100 --anneal_steps "$ANNEAL" --save_steps "$SAVE" --save_total_limit 100 \
     --logging_steps 50 --eval_fraction 0.005 --eval_strategy steps --eval_steps "$MILESTONE" --eval_unroll_steps 3 \
     --seed 0 --use_cpu "${AMP[@]}" --save_on_signal true --disable_tqdm true --max_steps "$STEPS" --output_dir "$RUN" "${continue[@]}" $RECIPE \
@@ -168,7 +171,7 @@ if [[ $STEP == ship ]]; then  # the heads at the run's last step, with the held-
     init=""; [[ $PHASE == pair ]] || init=", initialised from the pair's FSPAD head at step $PAIR_STEPS"
     python scripts/finalize_heads.py --checkpoint "$folder" --name "$TARGET-$method" --tree 8,3,4 "${INT8[@]}" \
       --data "$DATA_NOTE ($examples windows of <= 448 tokens, all turns, online $TRAIN_DTYPE target features)$init" \
-      --lr_schedule "100-step warm-up, constant 5e-4, linear anneal to 0 over the last $ANNEAL steps (AdamW and warm-up restarted at each carry to another machine)" \
+      --lr_schedule "100-step warm-up, constant $LR, linear anneal to 0 over the last $ANNEAL steps (AdamW and warm-up restarted at each carry to another machine)" \
       --tokens "$tokens" --heldout "$heldout" --benchmark "$heldout" --command "bash scripts/long_runs.sh train (PAIR=$PAIR PHASE=$PHASE)"
   done
 fi
