@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+
+import numpy as np
 
 
 def read_points(out: Path) -> list[tuple[str, int, float, list | None, int | None]]:
@@ -36,18 +37,12 @@ def read_points(out: Path) -> list[tuple[str, int, float, list | None, int | Non
 
 
 def log_fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
-    """Least squares tau = a + b * log2(x) over (x, tau) points with x > 0; None with fewer than 3 points."""
-    pts = [(math.log2(x), y) for x, y in points if x > 0]
-    if len(pts) < 3:
+    """Least squares tau = a + b * log2(x) over (x, tau) points with x > 0: (a, b); None with fewer than 3 x values."""
+    pts = [(x, y) for x, y in points if x > 0]
+    if len({x for x, _ in pts}) < 3:
         return None
-    n = len(pts)
-    mx = sum(x for x, _ in pts) / n
-    my = sum(y for _, y in pts) / n
-    sxx = sum((x - mx) ** 2 for x, _ in pts)
-    if sxx == 0:
-        return None
-    b = sum((x - mx) * (y - my) for x, y in pts) / sxx
-    return my - b * mx, b
+    b, a = np.polyfit(np.log2([x for x, _ in pts]), [y for _, y in pts], 1)
+    return float(a), float(b)
 
 
 def tokens_for(fit: tuple[float, float], goal: float) -> float | None:
