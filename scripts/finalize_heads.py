@@ -20,6 +20,7 @@ from fspad_hf.head.shipped import heads_dir
 from fspad_hf.sharing.hub import build_model_card
 from fspad_hf.head.loading import INT8_WEIGHTS_NAME
 from fspad_hf.head.storage import save_int8
+from fspad_hf.training.checkpoints import GROUP_MANIFEST_NAME
 
 
 def heldout_tau(path: str | None, method: str | None) -> str | None:
@@ -38,6 +39,36 @@ def heldout_tau(path: str | None, method: str | None) -> str | None:
     return f"{o['tau']:.3f} ({c['dtype']}, tree {tree}, {c['questions']} questions, {c['max_new_tokens']} new tokens)"
 
 
+def checkpoint_metrics(ckpt: Path) -> dict:
+    """This head's training numbers from its checkpoint's trainer state.
+
+    `ckpt` is a single-head checkpoint (holds trainer_state.json) or one head's subfolder of a head-group
+    checkpoint (its parent holds trainer_state.json and heads.json; the group logs each head's metrics under
+    `<head>_...` and its "loss" is the sum over heads, so the head's own terms are reported instead)."""
+    in_group = not (ckpt / "trainer_state.json").is_file() and (ckpt.parent / GROUP_MANIFEST_NAME).is_file()
+    state_file = (ckpt.parent if in_group else ckpt) / "trainer_state.json"
+    if not state_file.is_file():
+        raise SystemExit(f"{ckpt} is not a training checkpoint: no trainer_state.json in it (or, for a head of a "
+                         f"head group, in its parent next to {GROUP_MANIFEST_NAME}). Pass checkpoint-N or checkpoint-N/<head>.")
+    state = json.loads(state_file.read_text())
+    prefix = f"{ckpt.name}_" if in_group else ""
+    logs = [h for h in state["log_history"] if "loss" in h]
+    last = next((h for h in reversed(logs) if f"{prefix}logit_loss_p1" in h), None)
+    eval_key = f"eval_{prefix}acc_p"
+    return {
+        "in_group": in_group,
+        "max_steps": state["global_step"],
+        "batch_size": state.get("train_batch_size", 4),
+        "learning_rate": max((h.get("learning_rate", 0.0) for h in logs), default=None),
+        "train_loss": (f"feature {last[prefix + 'feature_loss_p1']:.3f}, logit {last[prefix + 'logit_loss_p1']:.3f} "
+                       f"(position 1)" if in_group and last else (logs[-1]["loss"] if logs else None)),
+        # position order by number, not by string: p10 after p9
+        "eval_top1_per_position": next(([round(h[k], 4) for k in sorted((k for k in h if k.startswith(eval_key)),
+                                                                          key=lambda k: int(k[len(eval_key):]))]
+                                        for h in reversed(state["log_history"]) if f"{eval_key}1" in h), None),
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True)
@@ -54,29 +85,21 @@ def main():
                    help="fspad-hf bench JSON on held-out questions: the card records this head's tau from it")
     a = p.parse_args()
     ckpt = Path(a.checkpoint)
+    metrics = checkpoint_metrics(ckpt)  # before loading: a wrong folder fails with its own message
     head = FSPADDraftModel.from_pretrained(ckpt).to(torch.bfloat16)
     if a.tree:
         head.config.tree_total_tokens, head.config.tree_depth, head.config.tree_top_k = (int(x) for x in a.tree.split(","))
-    in_group = not (ckpt / "trainer_state.json").is_file() and (ckpt.parent / "heads.json").is_file()
-    state = json.loads(((ckpt.parent if in_group else ckpt) / "trainer_state.json").read_text())
-    prefix = f"{ckpt.name}_" if in_group else ""  # a group logs each head's metrics under its name
-    logs = [h for h in state["log_history"] if "loss" in h]
-    last = next((h for h in reversed(logs) if f"{prefix}logit_loss_p1" in h), None)
-    eval_key = f"eval_{prefix}acc_p"
     training = {
         "data": a.data,
-        "max_steps": state["global_step"],
-        "learning_rate": max((h.get("learning_rate", 0.0) for h in logs), default=None),
+        "max_steps": metrics["max_steps"],
+        "learning_rate": metrics["learning_rate"],
         "lr_schedule": a.lr_schedule,
         "tokens": a.tokens,
-        "per_device_train_batch_size": state.get("train_batch_size", 4),
-        # a group's "loss" is the sum over its heads: report this head's own terms
-        "train_loss": (f"feature {last[prefix + 'feature_loss_p1']:.3f}, logit {last[prefix + 'logit_loss_p1']:.3f} "
-                       f"(position 1)" if in_group and last else (logs[-1]["loss"] if logs else None)),
-        "examples": state["global_step"] * state.get("train_batch_size", 4),
-        "eval_top1_per_position": next(([round(h[k], 4) for k in sorted(h) if k.startswith(eval_key)]
-                                        for h in reversed(state["log_history"]) if f"{eval_key}1" in h), None),
-        "heldout_tau": heldout_tau(a.heldout, ckpt.name if in_group else None),
+        "per_device_train_batch_size": metrics["batch_size"],
+        "train_loss": metrics["train_loss"],
+        "examples": metrics["max_steps"] * metrics["batch_size"],
+        "eval_top1_per_position": metrics["eval_top1_per_position"],
+        "heldout_tau": heldout_tau(a.heldout, ckpt.name if metrics["in_group"] else None),
         "seed": 0,
         "hardware": f"1 CPU core, no GPU (command: {a.command})",
     }
