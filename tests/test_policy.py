@@ -382,6 +382,51 @@ def test_probes_thin_out_while_the_guard_holds_and_each_call_looks_afresh(monkey
         assert len(probes) == 4 + (len(drafted) > sum(gaps) + params.max_probe_gap * params.probe_every)
 
 
+def test_a_new_call_judges_the_head_on_its_own_rounds(monkeypatch):
+    """Rule step 7 is not carried across calls: memory saying the head loses (a copy-heavy previous turn) does not
+    keep it off in the next call; the guard waits for `guard_rounds` drafted rounds of this call."""
+    target = make_target("llama", seed=2)
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
+    ids = repeated_prompt(2)
+    tables = cost_model(MODERATE, 0.5)
+    cm = CostModel(tables.verify, tables.draft)  # corrected: the guard runs on measured rounds
+    kwargs = dict(assistant_model=head, tree_policy="adaptive", cost_model=cm, max_new_tokens=40, do_sample=False)
+    target.generate(ids, **kwargs)
+    rates = learned_state(target, head, cm, head.last_generation_stats.settings)["rates"]
+    for _ in range(10):  # the previous text: the head's rounds far behind retrieval alone's and plain steps
+        rates.update(DRAFTED, tokens=1, ms=1e6)
+        rates.update(SHADOW, tokens=9, ms=1.0)
+        rates.update(UNDRAFTED, tokens=1, ms=10.0)
+    plain_rounds = rates.rounds[UNDRAFTED]
+    assert drafting_loses(rates, PolicyParams().guard_rounds, plain_ms=10.0)
+    drafted: list[bool] = []
+    draft = AdaptiveDrafter.draft
+
+    def recording_draft(self, *args, **kwargs):
+        tree = draft(self, *args, **kwargs)
+        drafted.append(self._kind == DRAFTED)
+        return tree
+
+    monkeypatch.setattr(AdaptiveDrafter, "draft", recording_draft)
+    out = target.generate(ids, **kwargs)
+    assert torch.equal(out, target.generate(ids, max_new_tokens=40, do_sample=False))
+    guard = PolicyParams().guard_rounds
+    assert len(drafted) > guard and all(drafted[:guard])  # before: drafted[1] was False (the old verdict held)
+    assert rates.rounds[UNDRAFTED] >= plain_rounds  # the measured plain-step cost is kept
+
+
+def test_round_rates_forget_text_verdicts_at_a_new_call():
+    rates = RoundRates(decay=0.5)
+    for kind, tokens in ((DRAFTED, 1), (SHADOW, 4), (TREE, 3), (UNDRAFTED, 1)):
+        for _ in range(3):
+            rates.update(kind, tokens=tokens, ms=10.0)
+    rates.new_call()
+    assert [rates.rounds[k] for k in (DRAFTED, SHADOW, TREE, UNDRAFTED)] == [0, 0, 0, 3]
+    assert not drafting_loses(rates, 2, plain_ms=1.0) and not retrieval_loses(rates, 2, plain_ms=1.0)
+    rates.update(DRAFTED, tokens=5, ms=10.0)  # the first round of the new call replaces the old EMA
+    assert rates.rate(DRAFTED) == pytest.approx(0.5)
+
+
 def test_the_realised_rate_guard_compares_drafted_rounds_with_rounds_without_the_head():
     rates = RoundRates(decay=0.5)
     assert rates.rate(DRAFTED) is None and not drafting_loses(rates, 2, plain_ms=10.0)

@@ -98,7 +98,9 @@ The rule, per round:
 Memory across calls: what steps 2 and 5 learned is kept per (target, head, settings, cost table)
 while the target lives (`learned_state`), so a new `generate()` call starts from it instead of the
 priors (a short answer is otherwise spent warming up); a new kind of text moves the EMAs within a few
-rounds.
+rounds. Step 7's verdicts are not carried over: each call's guard waits for `guard_rounds` rounds of its
+own (`RoundRates.new_call`; only the measured plain-step cost is kept), since a verdict on one text is
+wrong on the next often enough to cost whole turns (after a copy-heavy turn, the head stayed off).
 
 Parameters (`PolicyParams`): decay 0.9, c_min 0.05, c_max 2.0, r_min 0.05, retrieval_prior 0.5, retrieval_weight 1,
 patience 3, probe_every 8, guard_rounds 4, max_probe_gap 8; the cost EMAs of steps 5 and 7 use `cost_decay` 0.8.
@@ -320,6 +322,7 @@ class AdaptiveDrafter:
         self.predicted_ms: float | None = None
         self.correction = self.memory.setdefault("correction", CostCorrection(self.params.cost_decay))
         self.rates = self.memory.setdefault("rates", RoundRates(self.params.cost_decay))
+        self.rates.new_call()  # the guard judges this call's text on its own rounds (RoundRates.new_call)
         self.since_plain = 0  # drafted rounds since the last round without the head (rule step 7's plain probes)
         # rule step 7's retrieval shadow: with a head and retrieval, each drafted round is also priced as if
         # retrieval alone had drafted it (no plain probes needed then)

@@ -88,6 +88,18 @@ class RoundRates:
         self.ms[kind] = _ema(self.ms[kind], ms, w)
         self.rounds[kind] += 1
 
+    def new_call(self) -> None:
+        """A new `generate()` call: the kinds whose yield depends on the text (`DRAFTED`, `SHADOW`, `TREE`) count
+        their rounds from zero, so the guard decides on this call's own rounds (`guard_rounds` of them) and the
+        first of each kind replaces its EMA. `UNDRAFTED` (a plain step: one token at the machine's cost) is kept.
+
+        Why: the guard used to carry over. After a turn retrieval copied whole (Spec-Bench extraction, writing
+        turn 2), the next call began with the head judged losing and kept it off behind thinning probes: on a
+        Zen 5 EPYC, bf16, the 12,000-step SmolLM2 head realised tau 1.09 on a coding turn where the static tree
+        realised 3.32 (benchmarks/results/grid-epyc-zen5-avx512bf16-heads12k, 6 such turns of 42)."""
+        for kind in (DRAFTED, SHADOW, TREE):
+            self.rounds[kind] = 0
+
     def rate(self, kind: str) -> float | None:
         """Tokens per ms of that kind of round, None before one was measured."""
         return self.tokens[kind] / self.ms[kind] if self.rounds[kind] and self.ms[kind] > 0 else None
