@@ -245,7 +245,15 @@ def repeating():
     return target, ids, ref
 
 
+# What-if costs under which every retrieved node pays: identity and the sampling law are tested on trees that
+# hold retrieved nodes, whatever this machine's measured costs (and its load: with them, the guard of rule step 7
+# sometimes judged retrieved trees losing to plain steps on a busy machine, and no node was ever verified)
+# would make the adaptive policy verify.
+FLAT = cost_model([10.0] * 64, 0.1)
+
+
 def retrieval_only(target, ids, **kwargs):
+    kwargs.setdefault("cost_model", FLAT)
     out = target.generate(ids, custom_generate=fspad_hf.tree_generate, do_sample=False, **kwargs)
     return out, fspad_hf.tree_generate.last_generation_stats
 
@@ -357,10 +365,6 @@ def exact_joint(target, prompt: torch.LongTensor, n_tokens: int, gen_kwargs: dic
         probs = grown
     return probs
 
-
-# What-if costs under which every retrieved node pays: the law is tested on trees that hold them, whatever
-# this machine's measured costs would make the adaptive policy verify.
-FLAT = cost_model([10.0] * 64, 0.1)
 
 
 @pytest.mark.parametrize("with_head", [False, True])
