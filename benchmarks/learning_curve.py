@@ -7,8 +7,9 @@ Reads `<method>-<step>.json` (fspad-hf bench on the held-out set at a milestone)
 shipped heads, for reference) and `data.json` (the run's data: examples, tokens and loss tokens per example,
 batch size), and writes `curve.md` (and `curve.png` with matplotlib). Tokens seen = step x batch x mean
 tokens per example: the expectation under the run's random sampling, not a count. A head continued from
-another (PosS from the pair's FSPAD head) is named by its lineage's total step, so its tokens seen include
-its parent's.
+another (PosS from the pair's FSPAD head, a second phase of the pair on new data) is named by its lineage's
+total step, so its tokens seen include its parent's; a phase on other data from lineage step N has its own
+`data-from-<N>.json`, which prices the steps from N on.
 
 The trend: per method, a least-squares fit tau = a + b * log2(tokens seen), so b is the tau gained per
 doubling of tokens seen, and with `--goal method=tau` the tokens at which the fitted line reaches the goal.
@@ -29,11 +30,29 @@ def read_points(out: Path) -> list[tuple[str, int, float, list | None, int | Non
     rows = []
     for path in sorted(out.glob("*-*.json")):
         method, step = path.stem.rsplit("-", 1)
-        if not step.isdigit():
+        if not step.isdigit() or method == "data-from":  # data-from-<N>.json: a phase's data, not a milestone
             continue
         overall = json.loads(path.read_text())["methods"][method]["overall"]
         rows.append((method, int(step), overall["tau"], overall.get("acceptance_per_position"), overall.get("identical_turns")))
     return sorted(rows, key=lambda r: (r[1], r[0]))
+
+
+def read_phases(out: Path) -> list[tuple[int, dict]]:
+    """(first lineage step, data record) of `data.json` (step 0) and of each `data-from-<N>.json`, by step."""
+    phases = [(0, json.loads((out / "data.json").read_text()))]
+    for path in out.glob("data-from-*.json"):
+        phases.append((int(path.stem.rsplit("-", 1)[1]), json.loads(path.read_text())))
+    return sorted(phases, key=lambda x: x[0])
+
+
+def seen(step: int, phases: list[tuple[int, dict]], key: str = "mean_tokens") -> float:
+    """Tokens seen by lineage step `step` (`key`: mean_tokens, or mean_loss_tokens for assistant tokens): each
+    phase's steps priced at its own data's batch x mean tokens per example."""
+    total = 0.0
+    for i, (start, data) in enumerate(phases):
+        end = phases[i + 1][0] if i + 1 < len(phases) else step
+        total += max(0, min(step, end) - start) * data["batch_size"] * data[key]
+    return total
 
 
 def log_fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
@@ -51,12 +70,12 @@ def tokens_for(fit: tuple[float, float], goal: float) -> float | None:
     return 2 ** ((goal - a) / b) if b > 0 else None
 
 
-def trend_lines(rows, per_step: float, goals: dict[str, float]) -> list[str]:
+def trend_lines(rows, phases, goals: dict[str, float]) -> list[str]:
     lines = ["", "Trend (least squares over the milestones, tau = a + b log2(tokens seen); a rough guide: tokens past "
              "one epoch are repeats and the LR anneal lifts the last points):", "",
              "| method | points | tau per doubling of tokens | goal | tokens seen at the goal (fit) |", "|---|---|---|---|---|"]
     for method in sorted({r[0] for r in rows}):
-        pts = [(s * per_step / 1e6, t) for m, s, t, _, _ in rows if m == method]
+        pts = [(seen(s, phases) / 1e6, t) for m, s, t, _, _ in rows if m == method]
         fit = log_fit(pts)
         if fit is None:
             continue
@@ -83,12 +102,12 @@ def main(argv: list[str] | None = None) -> None:
             goals[method] = float(tau)
         except ValueError:
             p.error(f"--goal {g!r}: expected METHOD=TAU, e.g. fspad=2.6")
-    data = json.loads((out / "data.json").read_text())
-    per_step = data["batch_size"] * data["mean_tokens"]
-    loss_per_step = data["batch_size"] * data["mean_loss_tokens"]
+    phases = read_phases(out)
     rows = read_points(out)
-    lines = [f"Data: {data['examples']:,} training examples ({data['source']}), {data['mean_tokens']:.0f} tokens and "
-             f"{data['mean_loss_tokens']:.0f} assistant (loss) tokens per example on average; batch {data['batch_size']}.", "",
+    lines = [f"Data{'' if start == 0 else f' from lineage step {start:,} on'}: {data['examples']:,} training examples "
+             f"({data['source']}), {data['mean_tokens']:.0f} tokens and {data['mean_loss_tokens']:.0f} assistant (loss) "
+             f"tokens per example on average; batch {data['batch_size']}." for start, data in phases]
+    lines += ["",
              "| method | step | tokens seen | assistant tokens seen | held-out tau | acceptance p1/p2/p3 | identical turns |",
              "|---|---|---|---|---|---|---|"]
 
@@ -102,9 +121,9 @@ def main(argv: list[str] | None = None) -> None:
                 o = summary["overall"]
                 lines.append(f"| {method} (first shipped heads) | - | {a.shipped} | - | {o['tau']:.3f} | "
                              f"{accept(o.get('acceptance_per_position'))} | {o.get('identical_turns')} |")
-    lines += [f"| {m} | {s} | {s * per_step / 1e6:.2f}M | {s * loss_per_step / 1e6:.2f}M | {t:.3f} | {accept(acc)} | {i} |"
-              for m, s, t, acc, i in rows]
-    lines += trend_lines(rows, per_step, goals)
+    lines += [f"| {m} | {s} | {seen(s, phases) / 1e6:.2f}M | {seen(s, phases, 'mean_loss_tokens') / 1e6:.2f}M | {t:.3f} | "
+              f"{accept(acc)} | {i} |" for m, s, t, acc, i in rows]
+    lines += trend_lines(rows, phases, goals)
     (out / "curve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     try:
@@ -116,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     for method in sorted({r[0] for r in rows}):
-        pts = [(s * per_step / 1e6, t) for m, s, t, _, _ in rows if m == method]
+        pts = [(seen(s, phases) / 1e6, t) for m, s, t, _, _ in rows if m == method]
         plt.plot(*zip(*pts), marker="o", label=method)
     for method, goal in goals.items():
         plt.axhline(goal, linestyle=":", color="gray")

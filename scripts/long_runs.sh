@@ -8,6 +8,7 @@
 #   bash scripts/long_runs.sh data        # tokens per example of the run's data (the curve's x axis)
 #   bash scripts/long_runs.sh curve       # benchmarks/results/learning-curve-smollm2/{curve.md,curve.png}
 #   PHASE=poss bash scripts/long_runs.sh train  # after the pair: PosS-2 initialised from its final FSPAD head
+#   PHASE=pair2 bash scripts/long_runs.sh train # after the pair: the pair again on new data, from its final heads
 #   bash scripts/long_runs.sh ship        # the final heads -> src/fspad_hf/heads/<target>-<method> (+ cards)
 #
 # Why online features and one head group: a session lasts three hours and the next one may be on a fresh machine
@@ -32,13 +33,15 @@ PAIR=${PAIR:-smollm2}
 case $PAIR in
   smollm2) TARGET=smollm2; RUN=runs/long/pair; CARRY=milestones/smollm2-pair; OUT=benchmarks/results/learning-curve-smollm2
            DEFAULT_STEPS=12000; DEFAULT_ANNEAL=3500; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500
+           PAIR2_DATA=sharegpt:4500-13500; PAIR2_NOTE="every assistant turn of ShareGPT conversations 4500-13499 (new data, about one epoch in 12,000 steps)"
            SHIPPED_NOTE="3,000 steps on ~3.3k first-turn examples, multi-epoch"; GOAL=2.6; INT8=()
            DATA_NOTE="2,748 self-distilled SmolLM2 answers + every assistant turn of ShareGPT conversations 0-4499" ;;
   # Qwen: the 768 committed self-distilled answers and ShareGPT 0-2500 all turns (~5.4M tokens)
   qwen) TARGET=qwen-coder-0.5b; RUN=runs/long/qwen-pair; CARRY=milestones/qwen-pair; OUT=benchmarks/results/learning-curve-qwen
         DEFAULT_STEPS=4000; DEFAULT_ANNEAL=1000; DEFAULT_DATA=data/qwen-coder-0.5b/distilled.jsonl:768,sharegpt:0-2500
         SHIPPED_NOTE="1,200 steps on ~1.6k first-turn examples, multi-epoch"; GOAL=2.4; INT8=(--int8)
-        DATA_NOTE="768 self-distilled Qwen answers + every assistant turn of ShareGPT conversations 0-2499" ;;
+        DATA_NOTE="768 self-distilled Qwen answers + every assistant turn of ShareGPT conversations 0-2499"
+        PAIR2_DATA=sharegpt:2500-7000; PAIR2_NOTE="every assistant turn of ShareGPT conversations 2500-6999 (new data)" ;;
   *) echo "PAIR must be smollm2 or qwen, got '$PAIR'" >&2; exit 2 ;;
 esac
 STEPS=${STEPS:-$DEFAULT_STEPS}
@@ -54,27 +57,43 @@ ANNEAL=${ANNEAL:-$DEFAULT_ANNEAL}
 # loss tokens), so 0-4500 is ~9.7M tokens, plus the first 2,748 self-distilled answers (~0.74M). The counts are
 # pinned so that the data never changes under a run that continues elsewhere. Conversations >= 17000 are the
 # held-out questions: never here.
+DATA_SET=${DATA:-}
 DATA=${DATA:-$DEFAULT_DATA}
 # PHASE=poss (issue 13 item 4): a PosS-2 head (2 specialists, draft positions 1-2 and 3+, HASS-unrolled 3 steps)
 # initialised from the pair's FSPAD head at its last step (the committed carry), on the same data; its own run,
 # carry (milestones/<pair>-poss) and milestones (poss-N.json in the same curve folder, N = pair steps + PosS steps).
+# PHASE=pair2: the pair again, both heads initialised from the pair's final heads (its carry), on NEW data
+# (PAIR2_DATA: the ShareGPT conversations after the pair's), same LR recipe (warm-up, 5e-4, anneal over the last
+# 3,500 steps). Why: past one epoch the held-out tau of the pair rose ~0.15 per doubling of tokens seen, and the
+# trend needs fresh tokens, not repeats (benchmarks/results/learning-curve-smollm2/curve.md). Its milestones
+# are named by the lineage's total step (pair steps + N) and priced by data-from-<pair steps>.json.
 PHASE=${PHASE:-pair}
 PAIR_STEPS=$STEPS  # a PosS milestone is named by its lineage's total step (pair + PosS steps): the curve's x axis
+GROUP=1  # the phase trains a head group (one subfolder per head in its checkpoints)
+need_pair_carry() {
+  [[ $STEP == train ]] || return 0
+  [[ -f $CARRY/trainer_state.json ]] || { echo "no pair carry in $CARRY: train the pair first" >&2; exit 1; }
+  at=$(python -c "import json; print(json.load(open('$CARRY/trainer_state.json'))['global_step'])")
+  (( at >= STEPS )) || { echo "the pair carry is at step $at of $STEPS: finish the pair (and carry) first" >&2; exit 1; }
+}
 case $PHASE in
   pair) METHODS="eagle2 fspad"; HEAD_ARGS=(--method eagle2,fspad); LR=${LR:-5e-4} ;;
+  pair2) need_pair_carry
+        if [[ -z $DATA_SET ]]; then DATA=$PAIR2_DATA; fi  # DATA=... still overrides
+        DATA_NOTE=$PAIR2_NOTE
+        HEAD_ARGS=(--method eagle2,fspad --init_from "$CARRY")  # a group carry: each head from its own subfolder
+        RUN=${RUN}2; CARRY=${CARRY}2; STEPS=${PAIR2_STEPS:-12000}; ANNEAL=${PAIR2_ANNEAL:-3500}; METHODS="eagle2 fspad"
+        LR=${LR:-5e-4} ;;
   poss) INIT=$CARRY/fspad
-        if [[ $STEP == train ]]; then
-          [[ -f $CARRY/trainer_state.json ]] || { echo "no pair carry in $CARRY: train the pair first" >&2; exit 1; }
-          at=$(python -c "import json; print(json.load(open('$CARRY/trainer_state.json'))['global_step'])")
-          (( at >= STEPS )) || { echo "the pair carry is at step $at of $STEPS: finish the pair (and carry) first" >&2; exit 1; }
-        fi
+        need_pair_carry
+        GROUP=0
         RUN=$RUN-poss; CARRY=${CARRY%-pair}-poss; STEPS=${POSS_STEPS:-1500}; ANNEAL=${POSS_ANNEAL:-500}; METHODS=poss
         MILESTONE=${POSS_MILESTONE:-500}
         # 1e-4, not the pair's 5e-4: the FSPAD head it starts from was annealed to LR 0, and at 5e-4 its training
         # top-1 at position 1 fell from 0.633 to 0.582 within 150 steps (session 13) before PosS had learned anything
         LR=${POSS_LR:-1e-4}
         HEAD_ARGS=(--method fspad --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 --init_from "$INIT") ;;
-  *) echo "PHASE must be pair or poss, got '$PHASE'" >&2; exit 2 ;;
+  *) echo "PHASE must be pair, pair2 or poss, got '$PHASE'" >&2; exit 2 ;;
 esac
 # The target's dtype (and the heads' autocast) is the one that makes a step cheaper on this CPU, measured once
 # (scripts/pick_train_dtype.py): bf16 where the CPU has bf16 matrix instructions, fp32 where it has not (5x
@@ -128,7 +147,7 @@ if [[ $STEP == milestones || $STEP == all ]]; then
     for method in $METHODS; do
       result=$OUT/$method-$step.json; [[ $PHASE == pair ]] || result=$OUT/$method-$((PAIR_STEPS + step)).json
       [[ -f $result ]] && continue
-      folder=$ckpt/$method; [[ $PHASE == pair ]] || folder=$ckpt  # a head group has one subfolder per head
+      folder=$ckpt/$method; (( GROUP )) || folder=$ckpt  # a head group has one subfolder per head
       pin "${BENCH_CORE:-1}" fspad-hf bench --target "$TARGET" --dtype float32 --threads 1 \
         --questions data/heldout/sharegpt-heldout.jsonl --max_new_tokens 64 --pld_tokens 0 --no_plots \
         --head "$method=$folder@8,3,4" --output "$result" > "runs/logs/long-bench-$PAIR-$method-$step.log" 2>&1
@@ -144,7 +163,9 @@ if [[ $STEP == shipped || $STEP == all ]]; then  # the first shipped heads on th
 fi
 
 if [[ $STEP == data || $STEP == all ]]; then  # what one training step sees, for the curve's x axis
-  [[ -f $OUT/data.json ]] || python - "$DATA" "$OUT/data.json" "$TARGET" <<'EOF'
+  # a phase on other data prices its steps by its own file (benchmarks/learning_curve.py, data-from-<N>.json)
+  data_file=$OUT/data.json; [[ $PHASE == pair2 ]] && data_file=$OUT/data-from-$PAIR_STEPS.json
+  [[ -f $data_file ]] || python - "$DATA" "$data_file" "$TARGET" <<'EOF'
 import json, sys
 from fspad_hf.cli import DataArguments, _conversations, _tokenize
 from fspad_hf.targets import load_target
@@ -161,14 +182,17 @@ if [[ $STEP == ship ]]; then  # the heads at the run's last step, with the held-
   ckpt=$RUN/checkpoint-$STEPS; [[ -d $ckpt ]] || ckpt=$CARRY  # the carry holds int8 weights: dequantized
   at=$(python -c "import json; print(json.load(open('$ckpt/trainer_state.json'))['global_step'])")
   (( at == STEPS )) || { echo "$ckpt is at step $at, not the run's last step $STEPS: train (and carry) first" >&2; exit 1; }
-  tokens=$(python -c "import json; d=json.load(open('$OUT/data.json')); print(round($STEPS * d['batch_size'] * d['mean_tokens']))")
-  examples=$(python -c "import json; print(json.load(open('$OUT/data.json'))['examples'])")
   pre=0; [[ $PHASE == pair ]] || pre=$PAIR_STEPS
+  # tokens seen by the lineage (a later phase's steps priced by its own data), examples of this phase's data
+  tokens=$(python -c "from benchmarks.learning_curve import read_phases, seen; from pathlib import Path; print(round(seen($pre + $STEPS, read_phases(Path('$OUT')))))")
+  data_file=$OUT/data.json; [[ $PHASE == pair2 ]] && data_file=$OUT/data-from-$PAIR_STEPS.json
+  examples=$(python -c "import json; print(json.load(open('$data_file'))['examples'])")
   for method in $METHODS; do
     heldout=$OUT/$method-$((pre + STEPS)).json
     [[ -f $heldout ]] || { echo "no held-out bench $heldout: run 'milestones' first" >&2; exit 1; }
-    folder=$ckpt/$method; [[ $PHASE == pair ]] || folder=$ckpt
-    init=""; [[ $PHASE == pair ]] || init=", initialised from the pair's FSPAD head at step $PAIR_STEPS"
+    folder=$ckpt/$method; (( GROUP )) || folder=$ckpt
+    init=""; [[ $PHASE == poss ]] && init=", initialised from the pair's FSPAD head at step $PAIR_STEPS"
+    [[ $PHASE == pair2 ]] && init=", initialised from the pair's $method head at step $PAIR_STEPS (trained on $DEFAULT_DATA)"
     python scripts/finalize_heads.py --checkpoint "$folder" --name "$TARGET-$method" --tree 8,3,4 "${INT8[@]}" \
       --data "$DATA_NOTE ($examples windows of <= 448 tokens, all turns, online $TRAIN_DTYPE target features)$init" \
       --lr_schedule "100-step warm-up, constant $LR, linear anneal to 0 over the last $ANNEAL steps (AdamW and warm-up restarted at each carry to another machine)" \

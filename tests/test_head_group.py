@@ -148,6 +148,26 @@ def test_cli_trains_a_pair_and_continues_from_a_carry(tmp_path):
               "--output_dir", str(tmp_path / "c"), "--max_steps", "1", "--use_cpu"])
 
 
+def test_init_from_a_group_initialises_each_head_from_its_own(setup, tmp_path):
+    """A second phase of a pair (new data) starts each head from the pair's own head: --init_from <group>."""
+    from fspad_hf.cli import HeadArguments, _build_head
+
+    target, _ = setup
+    group = tmp_path / "carry"
+    saved = {m: new_head(target, m) for m in METHODS}
+    for m, head in saved.items():
+        head.save_pretrained(group / m)
+    (group / "heads.json").write_text(json.dumps({"heads": list(METHODS)}))
+    for m in METHODS:
+        head = _build_head(target, None, HeadArguments(method=m, init_from=str(group)))
+        for name, value in saved[m].state_dict().items():
+            torch.testing.assert_close(head.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    assert not torch.equal(saved["eagle2"].layers[0].self_attn.q_proj.weight, saved["fspad"].layers[0].self_attn.q_proj.weight)
+    with pytest.raises(SystemExit, match="no 'fspad' head"):
+        (group / "heads.json").write_text(json.dumps({"heads": ["eagle2"]}))
+        _build_head(target, None, HeadArguments(method="fspad", init_from=str(group)))
+
+
 class SendSignal(TrainerCallback):
     """Sends `sig` to this process at the end of step `at` (as `kill -USR1 <pid>` from a shell would)."""
 

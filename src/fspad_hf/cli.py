@@ -51,7 +51,9 @@ class HeadArguments:
                         "for all (output_dir/final/<method>)."})
     num_draft_layers: int = field(default=1, metadata={"help": "Draft layers; > 1 = PosS specialists."})
     positions_per_layer: int = field(default=1, metadata={"help": "PosS-N: draft positions per specialist."})
-    init_from: str | None = field(default=None, metadata={"help": "Start from this head (fine-tune; a 1-layer head initialises all PosS specialists)."})
+    init_from: str | None = field(default=None, metadata={
+        "help": "Start from this head (fine-tune; a 1-layer head initialises all PosS specialists). A head group's "
+                "folder (checkpoint or carry, with heads.json) initialises each head of --method from its own subfolder."})
     draft_vocab_size: int | None = field(default=None, metadata={"help": "Reduced draft vocabulary: the N most frequent assistant tokens."})
     tree_total_tokens: int | None = field(default=None, metadata={"help": "Default tree size stored in the head config."})
     tree_depth: int | None = field(default=None, metadata={"help": "Default tree depth stored in the head config."})
@@ -175,6 +177,23 @@ def cmd_prepare(argv: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------ train
+def _init_path(init_from: str, method: str) -> str:
+    """--init_from for one head: a head folder as given, or, for a head group's folder (a group checkpoint or
+    carry, with heads.json), the subfolder of the head of this `method`: a group continues head by head."""
+    import json
+
+    from .training.checkpoints import GROUP_MANIFEST_NAME
+
+    manifest = Path(init_from) / GROUP_MANIFEST_NAME
+    if not manifest.is_file():
+        return init_from
+    names = json.loads(manifest.read_text())["heads"]
+    if method not in names:
+        raise SystemExit(f"--init_from {init_from} is a head group of {names}: it has no '{method}' head. Pass one "
+                         f"head's folder ({init_from}/<head>) or train --method with the group's heads.")
+    return str(Path(init_from) / method)
+
+
 def _build_head(target, tokenizer, hargs: HeadArguments, method: str | None = None):
     from .head.modeling import FSPADDraftModel
     from .training.trainer import init_from_head
@@ -190,8 +209,9 @@ def _build_head(target, tokenizer, hargs: HeadArguments, method: str | None = No
     if hargs.init_from and hargs.init_layers_from_target:
         raise SystemExit("--init_from and --init_layers_from_target both initialise the draft layers: pick one.")
     noise = {} if hargs.feature_noise is None else {"feature_noise": hargs.feature_noise}
-    if hargs.init_from and hargs.lora_r > 0:
-        head = FSPADDraftModel.from_pretrained(hargs.init_from).to(target.device)
+    init_from = _init_path(hargs.init_from, method) if hargs.init_from else None
+    if init_from and hargs.lora_r > 0:
+        head = FSPADDraftModel.from_pretrained(init_from).to(target.device)
         head.bind_target(target, tokenizer)
         if noise:
             head.config.feature_noise = float(hargs.feature_noise)
@@ -199,8 +219,8 @@ def _build_head(target, tokenizer, hargs: HeadArguments, method: str | None = No
     head = FSPADDraftModel.from_target(target, tokenizer, feature_sampling=fs, partial_alignment=pad,
                                        num_draft_layers=hargs.num_draft_layers, positions_per_layer=hargs.positions_per_layer,
                                        draft_vocab_size=hargs.draft_vocab_size, **noise, **tree)
-    if hargs.init_from:
-        init_from_head(head, FSPADDraftModel.from_pretrained(hargs.init_from))
+    if init_from:
+        init_from_head(head, FSPADDraftModel.from_pretrained(init_from))
     if hargs.init_layers_from_target:
         from .head.init import init_layers_from_target
 
