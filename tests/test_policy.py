@@ -354,12 +354,8 @@ def test_measured_costs_correct_the_predictions_and_are_remembered():
     assert learned_state(target, head, cm, dataclasses.replace(settings, retrieval_branches=2)) == {}  # ... and settings
 
 
-def test_probes_thin_out_while_the_guard_holds_and_each_call_looks_afresh(monkeypatch):
-    """Rule step 7: after each probe that leaves the guard holding, the gap to the next doubles (8, 16, 32, ...)."""
-    target = make_target("llama", seed=2)
-    head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
-    ids = repeated_prompt(2)
-    ref = target.generate(ids, max_new_tokens=100, do_sample=False)
+def record_drafted_rounds(monkeypatch) -> list[bool]:
+    """Patch AdaptiveDrafter.draft to append, per round, whether the head drafted it; returns that list."""
     drafted: list[bool] = []
     draft = AdaptiveDrafter.draft
 
@@ -369,6 +365,16 @@ def test_probes_thin_out_while_the_guard_holds_and_each_call_looks_afresh(monkey
         return tree
 
     monkeypatch.setattr(AdaptiveDrafter, "draft", recording_draft)
+    return drafted
+
+
+def test_probes_thin_out_while_the_guard_holds_and_each_call_looks_afresh(monkeypatch):
+    """Rule step 7: after each probe that leaves the guard holding, the gap to the next doubles (8, 16, 32, ...)."""
+    target = make_target("llama", seed=2)
+    head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
+    ids = repeated_prompt(2)
+    ref = target.generate(ids, max_new_tokens=100, do_sample=False)
+    drafted = record_drafted_rounds(monkeypatch)
     monkeypatch.setattr(AdaptiveDrafter, "_drafting_loses", lambda self, plain_ms: True)  # the head always loses
     params = PolicyParams()
     for _ in range(2):
@@ -399,15 +405,7 @@ def test_a_new_call_judges_the_head_on_its_own_rounds(monkeypatch):
         rates.update(UNDRAFTED, tokens=1, ms=10.0)
     plain_rounds = rates.rounds[UNDRAFTED]
     assert drafting_loses(rates, PolicyParams().guard_rounds, plain_ms=10.0)
-    drafted: list[bool] = []
-    draft = AdaptiveDrafter.draft
-
-    def recording_draft(self, *args, **kwargs):
-        tree = draft(self, *args, **kwargs)
-        drafted.append(self._kind == DRAFTED)
-        return tree
-
-    monkeypatch.setattr(AdaptiveDrafter, "draft", recording_draft)
+    drafted = record_drafted_rounds(monkeypatch)
     out = target.generate(ids, **kwargs)
     assert torch.equal(out, target.generate(ids, max_new_tokens=40, do_sample=False))
     guard = PolicyParams().guard_rounds
