@@ -9,7 +9,8 @@ batch size), and writes `curve.md` (and `curve.png` with matplotlib). Tokens see
 tokens per example: the expectation under the run's random sampling, not a count. A head continued from
 another (PosS from the pair's FSPAD head, a second phase of the pair on new data) is named by its lineage's
 total step, so its tokens seen include its parent's; a phase on other data from lineage step N has its own
-`data-from-<N>.json`, which prices the steps from N on.
+`data-from-<N>.json`, which prices the steps from N on of the methods it lists (`"methods"`; PosS, continued
+on the first data, keeps the first pricing).
 
 The trend: per method, a least-squares fit tau = a + b * log2(tokens seen), so b is the tau gained per
 doubling of tokens seen, and with `--goal method=tau` the tokens at which the fitted line reaches the goal.
@@ -37,11 +38,14 @@ def read_points(out: Path) -> list[tuple[str, int, float, list | None, int | Non
     return sorted(rows, key=lambda r: (r[1], r[0]))
 
 
-def read_phases(out: Path) -> list[tuple[int, dict]]:
-    """(first lineage step, data record) of `data.json` (step 0) and of each `data-from-<N>.json`, by step."""
+def read_phases(out: Path, method: str | None = None) -> list[tuple[int, dict]]:
+    """(first lineage step, data record) of `data.json` (step 0) and of each `data-from-<N>.json` that prices
+    `method` (its "methods" list holds it; None: every phase), by step."""
     phases = [(0, json.loads((out / "data.json").read_text()))]
     for path in out.glob("data-from-*.json"):
-        phases.append((int(path.stem.rsplit("-", 1)[1]), json.loads(path.read_text())))
+        data = json.loads(path.read_text())
+        if method is None or method in data.get("methods", [method]):
+            phases.append((int(path.stem.rsplit("-", 1)[1]), data))
     return sorted(phases, key=lambda x: x[0])
 
 
@@ -56,9 +60,11 @@ def seen(step: int, phases: list[tuple[int, dict]], key: str = "mean_tokens") ->
 
 
 def log_fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
-    """Least squares tau = a + b * log2(x) over (x, tau) points with x > 0: (a, b); None with fewer than 3 x values."""
+    """Least squares tau = a + b * log2(x) over (x, tau) points with x > 0: (a, b); None with fewer than 3 x values
+    or when they span less than one doubling (a fine-tuning phase's own points say nothing of a trend)."""
     pts = [(x, y) for x, y in points if x > 0]
-    if len({x for x, _ in pts}) < 3:
+    xs = {x for x, _ in pts}
+    if len(xs) < 3 or max(xs) < 2 * min(xs):
         return None
     b, a = np.polyfit(np.log2([x for x, _ in pts]), [y for _, y in pts], 1)
     return float(a), float(b)
@@ -75,7 +81,7 @@ def trend_lines(rows, phases, goals: dict[str, float]) -> list[str]:
              "one epoch are repeats and the LR anneal lifts the last points):", "",
              "| method | points | tau per doubling of tokens | goal | tokens seen at the goal (fit) |", "|---|---|---|---|---|"]
     for method in sorted({r[0] for r in rows}):
-        pts = [(seen(s, phases) / 1e6, t) for m, s, t, _, _ in rows if m == method]
+        pts = [(seen(s, phases[m]) / 1e6, t) for m, s, t, _, _ in rows if m == method]
         fit = log_fit(pts)
         if fit is None:
             continue
@@ -102,11 +108,12 @@ def main(argv: list[str] | None = None) -> None:
             goals[method] = float(tau)
         except ValueError:
             p.error(f"--goal {g!r}: expected METHOD=TAU, e.g. fspad=2.6")
-    phases = read_phases(out)
     rows = read_points(out)
-    lines = [f"Data{'' if start == 0 else f' from lineage step {start:,} on'}: {data['examples']:,} training examples "
-             f"({data['source']}), {data['mean_tokens']:.0f} tokens and {data['mean_loss_tokens']:.0f} assistant (loss) "
-             f"tokens per example on average; batch {data['batch_size']}." for start, data in phases]
+    phases = {m: read_phases(out, m) for m, *_ in rows}  # each method's lineage prices its steps by its own data
+    lines = [f"Data{'' if start == 0 else f' from lineage step {start:,} on (' + ', '.join(data.get('methods', [])) + ')'}: "
+             f"{data['examples']:,} training examples ({data['source']}), {data['mean_tokens']:.0f} tokens and "
+             f"{data['mean_loss_tokens']:.0f} assistant (loss) tokens per example on average; batch {data['batch_size']}."
+             for start, data in read_phases(out)]
     lines += ["",
              "| method | step | tokens seen | assistant tokens seen | held-out tau | acceptance p1/p2/p3 | identical turns |",
              "|---|---|---|---|---|---|---|"]
@@ -121,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
                 o = summary["overall"]
                 lines.append(f"| {method} (first shipped heads) | - | {a.shipped} | - | {o['tau']:.3f} | "
                              f"{accept(o.get('acceptance_per_position'))} | {o.get('identical_turns')} |")
-    lines += [f"| {m} | {s} | {seen(s, phases) / 1e6:.2f}M | {seen(s, phases, 'mean_loss_tokens') / 1e6:.2f}M | {t:.3f} | "
+    lines += [f"| {m} | {s} | {seen(s, phases[m]) / 1e6:.2f}M | {seen(s, phases[m], 'mean_loss_tokens') / 1e6:.2f}M | {t:.3f} | "
               f"{accept(acc)} | {i} |" for m, s, t, acc, i in rows]
     lines += trend_lines(rows, phases, goals)
     (out / "curve.md").write_text("\n".join(lines) + "\n")
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     import matplotlib.pyplot as plt
 
     for method in sorted({r[0] for r in rows}):
-        pts = [(seen(s, phases) / 1e6, t) for m, s, t, _, _ in rows if m == method]
+        pts = [(seen(s, phases[m]) / 1e6, t) for m, s, t, _, _ in rows if m == method]
         plt.plot(*zip(*pts), marker="o", label=method)
     for method, goal in goals.items():
         plt.axhline(goal, linestyle=":", color="gray")

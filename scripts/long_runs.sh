@@ -164,17 +164,19 @@ fi
 
 if [[ $STEP == data || $STEP == all ]]; then  # what one training step sees, for the curve's x axis
   # a phase on other data prices its steps by its own file (benchmarks/learning_curve.py, data-from-<N>.json)
+  # (the methods whose lineage it prices: a PosS head continued on the first data keeps the first pricing)
   data_file=$OUT/data.json; [[ $PHASE == pair2 ]] && data_file=$OUT/data-from-$PAIR_STEPS.json
-  [[ -f $data_file ]] || python - "$DATA" "$data_file" "$TARGET" <<'EOF'
+  [[ -f $data_file ]] || python - "$DATA" "$data_file" "$TARGET" "$METHODS" <<'EOF'
 import json, sys
 from fspad_hf.cli import DataArguments, _conversations, _tokenize
 from fspad_hf.targets import load_target
-data, out, target = sys.argv[1:]
+data, out, target, methods = sys.argv[1:]
 examples = _tokenize(load_target(target)[1], _conversations(DataArguments(data=data)), 448, all_turns=True)
 n = len(examples)
 json.dump({"source": data + " (all turns, 448-token windows)", "examples": n, "batch_size": 4,
            "mean_tokens": sum(len(e["input_ids"]) for e in examples) / n,
-           "mean_loss_tokens": sum(sum(e["loss_mask"]) for e in examples) / n}, open(out, "w"), indent=1)
+           "mean_loss_tokens": sum(sum(e["loss_mask"]) for e in examples) / n, "methods": methods.split()},
+          open(out, "w"), indent=1)
 EOF
 fi
 
@@ -184,10 +186,10 @@ if [[ $STEP == ship ]]; then  # the heads at the run's last step, with the held-
   (( at == STEPS )) || { echo "$ckpt is at step $at, not the run's last step $STEPS: train (and carry) first" >&2; exit 1; }
   pre=0; [[ $PHASE == pair ]] || pre=$PAIR_STEPS
   # tokens seen by the lineage (a later phase's steps priced by its own data), examples of this phase's data
-  tokens=$(python -c "from benchmarks.learning_curve import read_phases, seen; from pathlib import Path; print(round(seen($pre + $STEPS, read_phases(Path('$OUT')))))")
   data_file=$OUT/data.json; [[ $PHASE == pair2 ]] && data_file=$OUT/data-from-$PAIR_STEPS.json
   examples=$(python -c "import json; print(json.load(open('$data_file'))['examples'])")
   for method in $METHODS; do
+    tokens=$(python -c "from benchmarks.learning_curve import read_phases, seen; from pathlib import Path; print(round(seen($pre + $STEPS, read_phases(Path('$OUT'), '$method'))))")
     heldout=$OUT/$method-$((pre + STEPS)).json
     [[ -f $heldout ]] || { echo "no held-out bench $heldout: run 'milestones' first" >&2; exit 1; }
     folder=$ckpt/$method; (( GROUP )) || folder=$ckpt

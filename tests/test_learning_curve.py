@@ -43,12 +43,16 @@ def test_a_later_phase_on_other_data_prices_its_steps_with_its_own_data(tmp_path
     (tmp_path / "data.json").write_text(json.dumps({"source": "a", "examples": 10, "batch_size": 4, "mean_tokens": 250.0,
                                                      "mean_loss_tokens": 100.0}))  # 1,000 tokens per step
     (tmp_path / "data-from-2000.json").write_text(json.dumps({"source": "b", "examples": 20, "batch_size": 4,
-                                                               "mean_tokens": 500.0, "mean_loss_tokens": 200.0}))
-    phases = read_phases(tmp_path)
+                                                               "mean_tokens": 500.0, "mean_loss_tokens": 200.0,
+                                                               "methods": ["fspad"]}))
+    phases = read_phases(tmp_path, "fspad")
     assert seen(1000, phases) == 1e6 and seen(2000, phases) == 2e6
     assert seen(3000, phases) == 2e6 + 1000 * 2000 and seen(3000, phases, "mean_loss_tokens") == 8e5 + 8e5
+    assert seen(3000, read_phases(tmp_path, "poss")) == 3e6  # a lineage the phase does not list: the first data
     for step, tau in ((1000, 1.6), (2000, 1.7), (3000, 1.8)):
         _bench(tmp_path / f"fspad-{step}.json", "fspad", tau)
+    _bench(tmp_path / "poss-3000.json", "poss", 1.9)
     main([str(tmp_path)])
     text = (tmp_path / "curve.md").read_text()
-    assert "| fspad | 3000 | 4.00M | 1.60M |" in text and "Data from lineage step 2,000 on: 20 training" in text
+    assert "| fspad | 3000 | 4.00M | 1.60M |" in text and "| poss | 3000 | 3.00M | 1.20M |" in text
+    assert "Data from lineage step 2,000 on (fspad): 20 training" in text
