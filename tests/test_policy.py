@@ -413,6 +413,32 @@ def test_a_new_call_judges_the_head_on_its_own_rounds(monkeypatch):
     assert rates.rounds[UNDRAFTED] >= plain_rounds  # the measured plain-step cost is kept
 
 
+def test_a_new_call_starts_at_the_depth_the_last_one_learned(monkeypatch):
+    """Rule step 4's depth is remembered: where levels cost more than they gain, a new call's first drafted round
+    drafts one level, not the tree's depth; where they pay, the full depth."""
+    target = make_target("llama", seed=2)
+    ids = repeated_prompt(2)
+    limits: list[int] = []
+    draft = AdaptiveDrafter.draft
+
+    def recording_draft(self, *args, **kwargs):
+        tree = draft(self, *args, **kwargs)
+        limits.append(self.head.depth_limit)  # the depth this round drafted to (set inside draft)
+        return tree
+
+    monkeypatch.setattr(AdaptiveDrafter, "draft", recording_draft)
+    for level_ms, depth in ((1e4, 1), (1e-12, 4)):  # a level costing 1,000 plain steps never pays; a ~free one does
+        head = FSPADDraftModel.from_target(target, tree_total_tokens=10, tree_depth=4, tree_top_k=3)
+        cm = cost_model(MODERATE, level_ms)
+        kwargs = dict(assistant_model=head, tree_policy="adaptive", cost_model=cm, retrieval_branches=0,
+                      max_new_tokens=20, do_sample=False)
+        target.generate(ids, **kwargs)
+        assert learned_state(target, head, cm, head.last_generation_stats.settings)["depth"] == depth
+        limits.clear()
+        target.generate(ids, **kwargs)
+        assert limits[0] == depth, limits  # before: every call began at tree_depth (4)
+
+
 def test_round_rates_forget_text_verdicts_at_a_new_call():
     rates = RoundRates(decay=0.5)
     for kind, tokens in ((DRAFTED, 1), (SHADOW, 4), (TREE, 3), (UNDRAFTED, 1)):

@@ -42,7 +42,8 @@ The rule, per round:
    gain_{L+1} >= s x draft_level_ms / (t_verify(1) + o + e) (one level's cost in plain-step tokens).
    The next round drafts 1 + (the number of leading paying levels), at most `tree_depth`. The decision
    is read with the round's one host sync (no sync per level), so it lags one round; the deepest
-   drafted level's frontier is always known, so the depth can grow by one level per round.
+   drafted level's frontier is always known, so the depth can grow by one level per round. A new call
+   starts at the depth the last one ended with (`learned_state`).
 5. Measured costs. The tables are calibrated apart from decoding (`fspad-hf calibrate`), often on a
    machine busier or quieter than now, and they price the target forward alone. Each round therefore
    compares what it predicted with what the loop measured (`GenerationStats.draft_seconds`,
@@ -314,7 +315,9 @@ class AdaptiveDrafter:
         if self.calibration is not None and (self.calibration.head_acc.shape[0] != self.depths + 1
                                              or self.calibration.ret_acc.shape[0] != self.match_classes):
             self.calibration = None  # another tree depth or match range: start again from the priors
-        self.depth_next = settings.depth
+        # rule step 4's depth carries over (it can grow by one level a round): where levels do not pay (fp32 on a
+        # CPU), a new call's first drafted rounds, which the per-call guard needs, cost one level, not the tree's
+        self.depth_next = min(settings.depth, self.memory.get("depth", settings.depth))
         self.idle = 0  # consecutive drafted rounds that chose T = 0
         self.skipping = False
         self.since_probe = 0
@@ -449,6 +452,8 @@ class AdaptiveDrafter:
             self.ret_since_probe = 0 if allow_tree else self.ret_since_probe + 1
         if levels:
             self.depth_next = max(1, min(self.settings.depth, int(values["depth"])))
+            if max_depth is None or max_depth >= self.head.depth_limit:  # not cut short by the tokens left
+                self.memory["depth"] = self.depth_next
             self.idle = self.idle + 1 if size == 0 else 0
             guarded = self._drafting_loses(plain_ms + fix.other_ms)
             self.skipping = self.idle >= p_.patience or guarded
