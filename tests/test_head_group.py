@@ -192,7 +192,7 @@ def test_a_signal_checkpoints_the_current_step(setup, tmp_path, sig, stops):
     trainer.train()
     assert checkpoint_problem(tmp_path / "checkpoint-5") is None
     assert json.loads((tmp_path / "checkpoint-5" / "trainer_state.json").read_text())["global_step"] == 5
-    assert trainer.state.global_step == (5 if stops else 12)
+    assert trainer.state.global_step == (5 if stops else 12) and trainer.stopped_by_signal == stops
     assert last_complete_checkpoint(tmp_path).name == ("checkpoint-5" if stops else "checkpoint-12")  # 12: the end
     assert signal.getsignal(sig) == before  # put back when training ended
     plain = FSPADTrainer(model=new_head(target, "fspad"), args=args(tmp_path / "plain"), target=target,

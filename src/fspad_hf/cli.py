@@ -286,6 +286,11 @@ def cmd_train(argv: list[str]) -> None:
     if last:
         logger.info("resuming from %s", last)
     trainer.train(resume_from_checkpoint=last)
+    if trainer.stopped_by_signal:  # stopped to go (a session ends): no "final" heads of a half run, no evaluation
+        logger.warning("stopped by a signal at step %d: checkpoint-%d saved; `train` again resumes from it",
+                       trainer.state.global_step, trainer.state.global_step)
+        finish_distributed()
+        return
     final = Path(args.output_dir) / "final"
     if trainer.is_world_process_zero():  # one writer per file
         for m, member in models.items():

@@ -157,6 +157,7 @@ class SaveOnSignalCallback(TrainerCallback):
     def __init__(self, save_signals=(signal.SIGUSR1,), stop_signals=(signal.SIGTERM,)):
         self.save_signals, self.stop_signals = tuple(save_signals), tuple(stop_signals)
         self.pending: int | None = None
+        self.stopped = False  # a stop signal ended training (before max_steps)
         self.previous = {}
         if threading.current_thread() is not threading.main_thread():
             logger.warning("SaveOnSignalCallback: not in the main thread, no signal handler installed")
@@ -181,6 +182,7 @@ class SaveOnSignalCallback(TrainerCallback):
                        ", then stop" if stop else "")
         control.should_save = True
         control.should_training_stop = control.should_training_stop or stop
+        self.stopped = self.stopped or stop
         self.pending = None
 
     def on_train_end(self, args, state, control, **kwargs):

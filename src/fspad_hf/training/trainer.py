@@ -142,6 +142,12 @@ class FSPADTrainer(Trainer):
         if getattr(args, "save_on_signal", False):
             self.add_callback(SaveOnSignalCallback())
 
+    @property
+    def stopped_by_signal(self) -> bool:
+        """True when a stop signal (SIGTERM, `save_on_signal`) ended `train()` before `max_steps`."""
+        return any(getattr(cb, "stopped", False) for cb in self.callback_handler.callbacks
+                   if isinstance(cb, SaveOnSignalCallback))
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         scheduler = super().create_scheduler(num_training_steps, optimizer)
         if getattr(self.args, "anneal_steps", 0) > 0:
