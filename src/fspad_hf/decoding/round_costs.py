@@ -96,7 +96,7 @@ class RoundRates:
         Why: the guard used to carry over. After a turn retrieval copied whole (Spec-Bench extraction, writing
         turn 2), the next call began with the head judged losing and kept it off behind thinning probes: on a
         Zen 5 EPYC, bf16, the 12,000-step SmolLM2 head realised tau 1.09 on a coding turn where the static tree
-        realised 3.32 (benchmarks/results/grid-epyc-zen5-avx512bf16-heads12k, 6 such turns of 42)."""
+        realised 3.32 (benchmarks/results/grid-epyc-zen5-avx512bf16-heads12k, question 122)."""
         for kind in (DRAFTED, SHADOW, TREE):
             self.rounds[kind] = 0
 
