@@ -18,7 +18,7 @@ import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
 from fspad_hf.head.shipped import heads_dir
 from fspad_hf.sharing.hub import build_model_card
-from fspad_hf.head.loading import INT8_WEIGHTS_NAME
+from fspad_hf.head.loading import INT8_INDEX_NAME, INT8_WEIGHTS_NAME
 from fspad_hf.head.storage import save_int8
 from fspad_hf.training.checkpoints import GROUP_MANIFEST_NAME
 
@@ -104,15 +104,18 @@ def main():
         "hardware": f"1 CPU core, no GPU (command: {a.command})",
     }
     out = heads_dir() / a.name
-    for stale in ("model.safetensors", INT8_WEIGHTS_NAME):  # re-finalising may switch formats
-        (out / stale).unlink(missing_ok=True)
+    stale = [out / "model.safetensors", out / INT8_WEIGHTS_NAME, out / INT8_INDEX_NAME, *out.glob("model.int8-*-of-*.safetensors")]
+    for path in stale:  # re-finalising may switch formats
+        path.unlink(missing_ok=True)
     if a.int8:
         save_int8(head, out)
         head = FSPADDraftModel.from_pretrained(out)  # the card describes what ships (dequantized weights)
     else:
         head.save_pretrained(out)
-    storage = ("stored as int8 with one scale per row in `model.int8.safetensors`, dequantized on load"
-               if a.int8 else None)
+    sharded = (out / INT8_INDEX_NAME).is_file()
+    storage = ("stored as int8 with one scale per row in `model.int8" + ("-*-of-*" if sharded else "")
+               + ".safetensors`" + (" (shards under 40 MiB, listed by its index)" if sharded else "")
+               + ", dequantized on load" if a.int8 else None)
     build_model_card(head, training, a.benchmark, weights_storage=storage).save(out / "README.md")
     print(f"wrote {out}: {sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB")
 

@@ -69,3 +69,43 @@ def test_card_states_the_storage_format():
     card = str(build_model_card(head, weights_storage="stored as int8"))
     assert "| weights dtype | float32 (stored as int8) |" in card
     assert "| weights dtype | float32 |" in str(build_model_card(head))
+
+
+def test_int8_head_past_the_shard_limit_is_split_and_loads_the_same(tmp_path):
+    from fspad_hf.head.loading import INT8_INDEX_NAME
+    from fspad_hf.integrity import read_json
+
+    target = make_target("qwen2", seed=4)
+    head = FSPADDraftModel.from_target(target, num_draft_layers=2, positions_per_layer=2, draft_vocab_size=40)
+    save_int8(head, tmp_path / "one", min_numel=256)
+    index = save_int8(head, tmp_path / "shards", min_numel=256, max_shard_bytes=8_000)
+    assert index.name == INT8_INDEX_NAME and not (tmp_path / "shards" / INT8_WEIGHTS_NAME).exists()
+    shards = sorted(p for p in (tmp_path / "shards").glob("model.int8-*-of-*.safetensors"))
+    assert len(shards) > 2 and sorted(set(read_json(index)["weight_map"].values())) == [p.name for p in shards]
+    for shard in shards:  # every matrix travels with its scale
+        names = set(load_file(shard))
+        assert all(n[: -len(SCALE_SUFFIX)] in names for n in names if n.endswith(SCALE_SUFFIX))
+    one, split = FSPADDraftModel.from_pretrained(tmp_path / "one"), FSPADDraftModel.from_pretrained(tmp_path / "shards")
+    assert all(torch.equal(t, split.state_dict()[n]) for n, t in one.state_dict().items())
+
+    save_int8(head, tmp_path / "shards", min_numel=256)  # saved again in one file: the old shards go
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["config.json", INT8_WEIGHTS_NAME]
+
+
+def test_int8_shard_missing_is_named(tmp_path):
+    save_int8(FSPADDraftModel.from_target(make_target("llama", seed=2)), tmp_path, min_numel=256, max_shard_bytes=8_000)
+    victim = sorted(tmp_path.glob("model.int8-*.safetensors"))[1]
+    victim.unlink()
+    with pytest.raises(FileNotFoundError, match=f"missing.*{victim.name}"):
+        FSPADDraftModel.from_pretrained(tmp_path)
+
+
+def test_every_shipped_or_carried_weight_file_fits_a_git_host():
+    """Git hosts refuse files over 50 MB (GitHub warns at 50, refuses at 100): bundled heads and milestone carries
+    must be saved in shards (save_int8 does it past MAX_SHARD_BYTES)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = [p for d in ("src/fspad_hf/heads", "milestones") for p in (root / d).rglob("*.safetensors")]
+    too_big = [f"{p.relative_to(root)}: {p.stat().st_size / 1e6:.1f} MB" for p in files if p.stat().st_size > 50e6]
+    assert files and not too_big, too_big

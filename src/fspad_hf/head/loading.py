@@ -24,6 +24,7 @@ CONFIG_NAME = "config.json"
 SAFE_WEIGHTS_NAME = "model.safetensors"
 SAFE_INDEX_NAME = "model.safetensors.index.json"
 INT8_WEIGHTS_NAME = "model.int8.safetensors"  # int8 storage, see fspad_hf.head.storage
+INT8_INDEX_NAME = "model.int8.safetensors.index.json"  # int8 storage in shards
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
 _SAVE_HINT = "Save the head again with head.save_pretrained(folder) (it writes config.json + model.safetensors)."
@@ -103,16 +104,28 @@ def weights_files(folder: Path, variant: str | None) -> list[Path]:
         return [single]
     index = folder / _variant_name(SAFE_INDEX_NAME, variant)
     if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CorruptCheckpointError(f"{index} has no 'weight_map'. {_SAVE_HINT}")
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        missing = [f.name for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(f"{index} lists weight files that are missing from {folder}: {missing}.")
-        return files
-    int8 = folder / INT8_WEIGHTS_NAME  # compact storage of bundled heads (fspad_hf.head.storage)
-    return [int8] if variant is None and int8.is_file() else []
+        return _index_files(index)
+    return int8_weights_files(folder) if variant is None else []
+
+
+def _index_files(index: Path) -> list[Path]:
+    """The weight files a safetensors index lists (each must exist next to it)."""
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CorruptCheckpointError(f"{index} has no 'weight_map'. {_SAVE_HINT}")
+    files = [index.parent / name for name in sorted(set(weight_map.values()))]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{index} lists weight files that are missing from {index.parent}: {missing}.")
+    return files
+
+
+def int8_weights_files(folder: Path) -> list[Path]:
+    """The int8 storage of a bundled head (fspad_hf.head.storage): one file, or the shards of its index."""
+    single, index = folder / INT8_WEIGHTS_NAME, folder / INT8_INDEX_NAME
+    if single.is_file():
+        return [single]
+    return _index_files(index) if index.is_file() else []
 
 
 def looks_like_missing_local_path(source: str | os.PathLike) -> bool:
@@ -185,7 +198,7 @@ def load_head(cls, base_from_pretrained, source, *model_args, **kwargs):
                                  "(or FSPADDraftModel.from_pretrained, which picks the class).")
             return wanted.from_pretrained(source, *model_args, **kwargs)
     if source is not None and os.path.isdir(os.path.join(str(source), kwargs.get("subfolder") or "")):
-        if [f.name for f in files] == [INT8_WEIGHTS_NAME]:
+        if kwargs.get("variant") is None and files == int8_weights_files(Path(folder)):
             return load_int8(cls, folder, kwargs.get("dtype", kwargs.get("torch_dtype")))
     try:
         return base_from_pretrained(source, *model_args, **load_kwargs(kwargs))
