@@ -3,7 +3,8 @@
 #
 #   bash scripts/long_runs.sh train       # EAGLE-2 + FSPAD as one head group: same batches, one target forward per step
 #   bash scripts/long_runs.sh carry       # checkpoint now (a running job saves its step), -> milestones/smollm2-pair
-#   bash scripts/long_runs.sh milestones  # held-out tau of every saved 1,500-step milestone (fp32, static 8/3/4)
+#   bash scripts/long_runs.sh milestones  # held-out tau of every saved 1,000-step milestone (fp32, static 8/3/4)
+#     (two heads on two cores: ONLY=eagle2 BENCH_CORE=0 ... & ONLY=fspad BENCH_CORE=1 ... milestones)
 #   bash scripts/long_runs.sh shipped     # the first shipped heads on the same held-out set (the curve's start)
 #   bash scripts/long_runs.sh data        # tokens per example of the run's data (the curve's x axis)
 #   bash scripts/long_runs.sh curve       # benchmarks/results/learning-curve-smollm2/{curve.md,curve.png}
@@ -144,7 +145,7 @@ if [[ $STEP == milestones || $STEP == all ]]; then
     [[ -f $ckpt/trainer_state.json ]] || continue
     step=$(python -c "import json; print(json.load(open('$ckpt/trainer_state.json'))['global_step'])")
     (( step % MILESTONE == 0 )) || continue
-    for method in $METHODS; do
+    for method in ${ONLY:-$METHODS}; do  # ONLY=fspad: one head per call, to bench two heads on two cores
       result=$OUT/$method-$step.json; [[ $PHASE == pair ]] || result=$OUT/$method-$((PAIR_STEPS + step)).json
       [[ -f $result ]] && continue
       folder=$ckpt/$method; (( GROUP )) || folder=$ckpt  # a head group has one subfolder per head
