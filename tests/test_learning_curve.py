@@ -56,3 +56,18 @@ def test_a_later_phase_on_other_data_prices_its_steps_with_its_own_data(tmp_path
     text = (tmp_path / "curve.md").read_text()
     assert "| fspad | 3000 | 4.00M | 1.60M |" in text and "| poss | 3000 | 3.00M | 1.20M |" in text
     assert "Data from lineage step 2,000 on (fspad): 20 training" in text
+
+
+def test_trend_fits_the_first_phase_and_tests_a_later_phase_against_it(tmp_path):
+    (tmp_path / "data.json").write_text(json.dumps({"source": "a", "examples": 10, "batch_size": 4, "mean_tokens": 250.0,
+                                                     "mean_loss_tokens": 100.0}))  # 1,000 tokens per step
+    (tmp_path / "data-from-2000.json").write_text(json.dumps({"source": "b", "examples": 20, "batch_size": 4,
+                                                               "mean_tokens": 500.0, "mean_loss_tokens": 200.0,
+                                                               "methods": ["fspad"]}))
+    for step, tau in ((500, 1.5), (1000, 1.6), (2000, 1.7), (3000, 1.75)):  # 0.5M, 1M, 2M, then 4M tokens seen
+        _bench(tmp_path / f"fspad-{step}.json", "fspad", tau)
+    main([str(tmp_path)])
+    text = (tmp_path / "curve.md").read_text()
+    # the fit is +0.1 per doubling over the first three points only (with the fourth it would be flatter)
+    assert "| fspad | 3 | +0.100 | - | - |" in text
+    assert "| fspad | 3000 | 4.00M | 1.750 | 1.800 | -0.050 |" in text
