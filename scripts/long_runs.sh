@@ -35,11 +35,14 @@ case $PAIR in
   smollm2) TARGET=smollm2; RUN=runs/long/pair; CARRY=milestones/smollm2-pair; OUT=benchmarks/results/learning-curve-smollm2
            DEFAULT_STEPS=12000; DEFAULT_ANNEAL=3500; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500
            PAIR2_DATA=sharegpt:4500-13500; PAIR2_NOTE="every assistant turn of ShareGPT conversations 4500-13499 (new data, about one epoch in 12,000 steps)"
-           SHIPPED_NOTE="3,000 steps on ~3.3k first-turn examples, multi-epoch"; GOAL=2.6; INT8=()
+           SHIPPED_NOTE="3,000 steps on ~3.3k first-turn examples, multi-epoch"; GOAL=2.6; INT8=(); DEFAULT_POSS_STEPS=1500
            DATA_NOTE="2,748 self-distilled SmolLM2 answers + every assistant turn of ShareGPT conversations 0-4499" ;;
   # Qwen: the 768 committed self-distilled answers and ShareGPT 0-2500 all turns (~5.4M tokens)
   qwen) TARGET=qwen-coder-0.5b; RUN=runs/long/qwen-pair; CARRY=milestones/qwen-pair; OUT=benchmarks/results/learning-curve-qwen
         DEFAULT_STEPS=4000; DEFAULT_ANNEAL=1000; DEFAULT_DATA=data/qwen-coder-0.5b/distilled.jsonl:768,sharegpt:0-2500
+        # PosS: 1,000 steps, not SmolLM2's 1,500: there held-out tau was 2.329 / 2.307 / 2.320 at 500 / 1,000 / 1,500
+        # steps (flat after 500), and a Qwen PosS step costs ~2x a SmolLM2 one
+        DEFAULT_POSS_STEPS=1000
         SHIPPED_NOTE="1,200 steps on ~1.6k first-turn examples, multi-epoch"; GOAL=2.4; INT8=(--int8)
         DATA_NOTE="768 self-distilled Qwen answers + every assistant turn of ShareGPT conversations 0-2499"
         PAIR2_DATA=sharegpt:2500-7000; PAIR2_NOTE="every assistant turn of ShareGPT conversations 2500-6999 (new data)" ;;
@@ -88,7 +91,7 @@ case $PHASE in
   poss) INIT=$CARRY/fspad
         need_pair_carry
         GROUP=0
-        RUN=$RUN-poss; CARRY=${CARRY%-pair}-poss; STEPS=${POSS_STEPS:-1500}; ANNEAL=${POSS_ANNEAL:-500}; METHODS=poss
+        RUN=$RUN-poss; CARRY=${CARRY%-pair}-poss; STEPS=${POSS_STEPS:-$DEFAULT_POSS_STEPS}; ANNEAL=${POSS_ANNEAL:-500}; METHODS=poss
         MILESTONE=${POSS_MILESTONE:-500}
         # 1e-4, not the pair's 5e-4: the FSPAD head it starts from was annealed to LR 0, and at 5e-4 its training
         # top-1 at position 1 fell from 0.633 to 0.582 within 150 steps (session 13) before PosS had learned anything
