@@ -37,14 +37,19 @@ def test_curve_table_trend_and_bad_goal(tmp_path):
         main([str(tmp_path), "--goal", "fspad:2.0"])
 
 
+def _two_phases(out):
+    """First data: 1,000 tokens per step; from lineage step 2,000 on (fspad only): 2,000 tokens per step."""
+    (out / "data.json").write_text(json.dumps({"source": "a", "examples": 10, "batch_size": 4, "mean_tokens": 250.0,
+                                                "mean_loss_tokens": 100.0}))
+    (out / "data-from-2000.json").write_text(json.dumps({"source": "b", "examples": 20, "batch_size": 4,
+                                                          "mean_tokens": 500.0, "mean_loss_tokens": 200.0,
+                                                          "methods": ["fspad"]}))
+
+
 def test_a_later_phase_on_other_data_prices_its_steps_with_its_own_data(tmp_path):
     from benchmarks.learning_curve import read_phases, seen
 
-    (tmp_path / "data.json").write_text(json.dumps({"source": "a", "examples": 10, "batch_size": 4, "mean_tokens": 250.0,
-                                                     "mean_loss_tokens": 100.0}))  # 1,000 tokens per step
-    (tmp_path / "data-from-2000.json").write_text(json.dumps({"source": "b", "examples": 20, "batch_size": 4,
-                                                               "mean_tokens": 500.0, "mean_loss_tokens": 200.0,
-                                                               "methods": ["fspad"]}))
+    _two_phases(tmp_path)
     phases = read_phases(tmp_path, "fspad")
     assert seen(1000, phases) == 1e6 and seen(2000, phases) == 2e6
     assert seen(3000, phases) == 2e6 + 1000 * 2000 and seen(3000, phases, "mean_loss_tokens") == 8e5 + 8e5
@@ -59,11 +64,7 @@ def test_a_later_phase_on_other_data_prices_its_steps_with_its_own_data(tmp_path
 
 
 def test_trend_fits_the_first_phase_and_tests_a_later_phase_against_it(tmp_path):
-    (tmp_path / "data.json").write_text(json.dumps({"source": "a", "examples": 10, "batch_size": 4, "mean_tokens": 250.0,
-                                                     "mean_loss_tokens": 100.0}))  # 1,000 tokens per step
-    (tmp_path / "data-from-2000.json").write_text(json.dumps({"source": "b", "examples": 20, "batch_size": 4,
-                                                               "mean_tokens": 500.0, "mean_loss_tokens": 200.0,
-                                                               "methods": ["fspad"]}))
+    _two_phases(tmp_path)
     for step, tau in ((500, 1.5), (1000, 1.6), (2000, 1.7), (3000, 1.75)):  # 0.5M, 1M, 2M, then 4M tokens seen
         _bench(tmp_path / f"fspad-{step}.json", "fspad", tau)
     main([str(tmp_path)])
