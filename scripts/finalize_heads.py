@@ -18,8 +18,8 @@ import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
 from fspad_hf.head.shipped import heads_dir
 from fspad_hf.sharing.hub import build_model_card
-from fspad_hf.head.loading import INT8_INDEX_NAME, INT8_WEIGHTS_NAME
-from fspad_hf.head.storage import save_int8
+from fspad_hf.head.loading import INT8_INDEX_NAME
+from fspad_hf.head.storage import remove_weights, save_int8
 from fspad_hf.training.checkpoints import GROUP_MANIFEST_NAME
 
 
@@ -104,9 +104,8 @@ def main():
         "hardware": f"1 CPU core, no GPU (command: {a.command})",
     }
     out = heads_dir() / a.name
-    stale = [out / "model.safetensors", out / INT8_WEIGHTS_NAME, out / INT8_INDEX_NAME, *out.glob("model.int8-*-of-*.safetensors")]
-    for path in stale:  # re-finalising may switch formats
-        path.unlink(missing_ok=True)
+    if out.is_dir():
+        remove_weights(out)  # re-finalising may switch formats
     if a.int8:
         save_int8(head, out)
         head = FSPADDraftModel.from_pretrained(out)  # the card describes what ships (dequantized weights)

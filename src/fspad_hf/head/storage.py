@@ -90,10 +90,7 @@ def save_int8(head, folder: str | os.PathLike, min_numel: int = 4096, max_shard_
 def write_int8(stored: dict[str, torch.Tensor], folder: Path, max_shard_bytes: int = MAX_SHARD_BYTES) -> Path:
     """Write quantized tensors (`quantize_int8`'s output, or an int8 head's stored tensors, to re-shard it
     unchanged) into `folder`, replacing any weights there."""
-    stale = [folder / SAFE_WEIGHTS_NAME, folder / SAFE_INDEX_NAME, folder / INT8_WEIGHTS_NAME, folder / INT8_INDEX_NAME]
-    stale += list(folder.glob("model.int8-*-of-*.safetensors"))  # from_pretrained would prefer / mix them
-    for path in stale:
-        path.unlink(missing_ok=True)
+    remove_weights(folder)  # from_pretrained would prefer / mix stale files of another layout
     groups = shard_groups(stored, max_shard_bytes)
     metadata = {"format": "pt", "fspad_storage": _FORMAT}
     if len(groups) == 1:
@@ -110,6 +107,13 @@ def write_int8(stored: dict[str, torch.Tensor], folder: Path, max_shard_bytes: i
                               indent=1) + "\n")
     os.replace(tmp, index)
     return index
+
+
+def remove_weights(folder: Path) -> None:
+    """Delete every weights file of a head folder (float or int8, single or sharded); config and card stay."""
+    stale = [folder / SAFE_WEIGHTS_NAME, folder / SAFE_INDEX_NAME, folder / INT8_WEIGHTS_NAME, folder / INT8_INDEX_NAME]
+    for path in stale + list(folder.glob("model*-of-*.safetensors")):
+        path.unlink(missing_ok=True)
 
 
 def read_int8(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -135,12 +139,11 @@ def load_int8(cls, folder: str | os.PathLike, dtype: torch.dtype | str | None = 
     if dtype in (None, "auto"):
         dtype = getattr(config, "dtype", None) or torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    files = int8_weights_files(folder)
     stored = read_int8(folder)
     model = cls(config)
     missing, unexpected = model.load_state_dict(dequantize_int8(stored, dtype), strict=False)
     if missing or unexpected:
-        source = files[0] if len(files) == 1 else folder / INT8_INDEX_NAME
+        source = folder / (INT8_WEIGHTS_NAME if (folder / INT8_WEIGHTS_NAME).is_file() else INT8_INDEX_NAME)
         raise ValueError(
             f"{source} does not match its config.json (missing: {missing}, unexpected: "
             f"{unexpected}); re-save the head with fspad_hf.head.storage.save_int8."
@@ -148,4 +151,4 @@ def load_int8(cls, folder: str | os.PathLike, dtype: torch.dtype | str | None = 
     return model.to(dtype).eval()
 
 
-__all__ = ["MAX_SHARD_BYTES", "dequantize_int8", "load_int8", "quantize_int8", "read_int8", "save_int8", "shard_groups", "write_int8"]
+__all__ = ["MAX_SHARD_BYTES", "dequantize_int8", "load_int8", "quantize_int8", "read_int8", "remove_weights", "save_int8", "shard_groups", "write_int8"]
