@@ -88,6 +88,13 @@ def test_int8_head_past_the_shard_limit_is_split_and_loads_the_same(tmp_path):
     one, split = FSPADDraftModel.from_pretrained(tmp_path / "one"), FSPADDraftModel.from_pretrained(tmp_path / "shards")
     assert all(torch.equal(t, split.state_dict()[n]) for n, t in one.state_dict().items())
 
+    from fspad_hf.head.storage import read_int8, write_int8
+
+    stored = read_int8(tmp_path / "one")  # re-sharding a saved head keeps every stored tensor bit for bit
+    write_int8(dict(stored), tmp_path / "one", max_shard_bytes=8_000)
+    assert (tmp_path / "one" / INT8_INDEX_NAME).is_file()
+    assert all(torch.equal(t, read_int8(tmp_path / "one")[n]) for n, t in stored.items())
+
     save_int8(head, tmp_path / "shards", min_numel=256)  # saved again in one file: the old shards go
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == ["config.json", INT8_WEIGHTS_NAME]
 
