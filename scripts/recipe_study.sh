@@ -7,6 +7,8 @@
 #   bash scripts/recipe_study.sh features   # only the features
 #   bash scripts/recipe_study.sh summarize  # only benchmarks/results/recipe-smollm2/summary.md
 #   VARIANTS_ONLY="baseline cosine" bash scripts/recipe_study.sh   # a subset
+#   FEATURE_SETS="distilled-int8 sharegpt-int8" VARIANTS_ONLY=int8-features bash scripts/recipe_study.sh
+#                                           # extract only the feature sets a subset needs (default: all)
 #   nohup bash scripts/recipe_study.sh > runs/logs/recipe-study.log 2>&1 &   # how it is run (core 0)
 #
 # Resumable: a variant whose result JSON exists is skipped; a trained head (runs/recipe/<v>/final) is not
@@ -36,14 +38,23 @@ QUESTIONS=data/heldout/sharegpt-heldout.jsonl
 mkdir -p runs/logs runs/recipe $OUT
 PIN=(env OMP_NUM_THREADS=1 nice -n 10 taskset -c ${CORE:-0})
 FEAT_D=runs/recipe-feat-distilled FEAT_S=runs/recipe-feat-sharegpt FEAT_C=runs/recipe-feat-chitchat
+FEAT_D8=runs/recipe-feat-distilled-int8 FEAT_S8=runs/recipe-feat-sharegpt-int8
+FEATURE_SETS=${FEATURE_SETS:-distilled sharegpt chitchat distilled-int8 sharegpt-int8}
 PREP=(--target smollm2 --target_dtype bfloat16 --max_length 448 --features)
 features() {
   df -h . | sed 's/^/[df] /'
   # chitchat (item 1: "plus chitchat if it helps (measure)"): the first 150 usable chats, all turns, cut into
   # 448-token windows: 497 windows (17% of the chitchat variant's examples), 195k tokens, 215 MiB of features
-  for spec in "$FEAT_D|--data data/smollm2/distilled.jsonl:0-1500" "$FEAT_S|--data sharegpt:2400-3400 --max_turns 1" \
-              "$FEAT_C|--data chitchat:0-150 --all_turns"; do
-    local out=${spec%%|*} args=${spec#*|} t0
+  # int8 (item 2: "bf16 vs int8 storage with a per-token scale; check the effect on tau"): the same two sets
+  # stored as int8 with one absmax scale per token (H + 4 bytes a token instead of 2H)
+  local sets=("distilled|$FEAT_D|--data data/smollm2/distilled.jsonl:0-1500" "sharegpt|$FEAT_S|--data sharegpt:2400-3400 --max_turns 1"
+              "chitchat|$FEAT_C|--data chitchat:0-150 --all_turns"
+              "distilled-int8|$FEAT_D8|--data data/smollm2/distilled.jsonl:0-1500 --features_dtype int8"
+              "sharegpt-int8|$FEAT_S8|--data sharegpt:2400-3400 --max_turns 1 --features_dtype int8")
+  for spec in "${sets[@]}"; do
+    local name=${spec%%|*} rest=${spec#*|}
+    local out=${rest%%|*} args=${rest#*|} t0
+    [[ " $FEATURE_SETS " == *" $name "* ]] || continue
     if python - "$out" <<'PY'
 import json, sys, pathlib
 d = pathlib.Path(sys.argv[1]) / "features"
@@ -62,7 +73,7 @@ print(f"[features] {out}: {m['num_examples']} examples, {m['total_tokens']} toke
       f"{secs} s, {m['total_tokens'] / max(secs, 1):.0f} tokens/s (incl. model load)")
 PY
   done
-  du -sh $FEAT_D/features $FEAT_S/features | sed 's/^/[du] /'
+  du -sh runs/recipe-feat-*/features 2>/dev/null | sed 's/^/[du] /'
 }
 
 # Today's recipe (scripts/head_recipe.sh) with these features; mid-run eval off (the final eval still runs).
@@ -86,6 +97,8 @@ VARIANTS=(
   "batch8|--gradient_accumulation_steps 2 --max_steps $((STEPS / 2))"
   "vocab32k|--draft_vocab_size 32768"
   "batch2|--per_device_train_batch_size 2 --max_steps $((STEPS * 2))"
+  # session 16: the same examples with features stored as int8 + a per-token scale instead of bf16
+  "int8-features|--features_dir $FEAT_D8/features,$FEAT_S8/features"
 )
 BENCH=(--target smollm2 --dtype float32 --questions $QUESTIONS --max_new_tokens 64 --pld_tokens 0 --threads 1 --no_plots)
 
@@ -181,7 +194,9 @@ md = ["# Recipe study: SmolLM2-135M FSPAD heads at equal compute (issue 13 item 
       "(195k tokens) of 150 chitchat-dataset chats to the same features). Variants from baseline to vocab16k ran on a 2-core Sapphire",
       "Rapids Xeon (session 6), chitchat to baseline-rerun on a 2-core Zen 5 EPYC (session 13), with the features extracted",
       "again there: baseline-rerun is the same command as baseline, so the two baselines show how far tau moves between",
-      "machines (bf16 features and training round differently). Selection metric: held-out tau (new tokens per target forward, bonus included) of `fspad-hf bench`,",
+      "machines (bf16 features and training round differently). int8-features (session 16, Zen 5 EPYC) trains on the same",
+      "examples with their features stored as int8 with one absmax scale per token (`--features_dtype int8`: 392 MiB",
+      "instead of 775 MiB), compared with baseline-rerun. Selection metric: held-out tau (new tokens per target forward, bonus included) of `fspad-hf bench`,",
       "fp32, greedy, static tree 8/3/4, 64 new tokens, on 40 ShareGPT first turns of conversations >= 17000 (never",
       "trained on; `scripts/make_heldout.py`). Acceptance per position: fraction of verification rounds in which the",
       "drafted token at depth p was accepted (not conditional on depth p-1). Identical turns: greedy output",
@@ -195,6 +210,8 @@ md = ["# Recipe study: SmolLM2-135M FSPAD heads at equal compute (issue 13 item 
       "fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_length 448 --features --data data/smollm2/distilled.jsonl:0-1500 --output_dir runs/recipe-feat-distilled",
       "fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_length 448 --features --data sharegpt:2400-3400 --max_turns 1 --output_dir runs/recipe-feat-sharegpt",
       "fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_length 448 --features --data chitchat:0-150 --all_turns --output_dir runs/recipe-feat-chitchat",
+      "fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_length 448 --features --data data/smollm2/distilled.jsonl:0-1500 --features_dtype int8 --output_dir runs/recipe-feat-distilled-int8",
+      "fspad-hf prepare --target smollm2 --target_dtype bfloat16 --max_length 448 --features --data sharegpt:2400-3400 --max_turns 1 --features_dtype int8 --output_dir runs/recipe-feat-sharegpt-int8",
       train, bench, "```", "", "Options per variant (`<options>`):", ""]
 md += [f"- {spec.partition('|')[0]}: `{spec.partition('|')[2] or '(none)'}`" for spec in specs]
 (out / "summary.md").write_text("\n".join(md) + "\n")

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import fspad_hf.training.features as features
+from fspad_hf.head.storage import from_rowwise_int8, rowwise_int8
 from fspad_hf.training.batches import collate
 from fspad_hf.training.features import (
+    FORMAT_VERSION,
+    INT8_FORMAT_VERSION,
     MANIFEST_NAME,
     OfflineFeatureDataset,
     extract_features,
@@ -112,7 +116,7 @@ def test_roundtrip_exact_tokens_and_features(llama, tmp_path, caplog):
     with caplog.at_level("INFO", logger="fspad_hf.training.features"):
         out = extract_features(llama, examples, tmp_path / "f", shard_size=3)
     total = sum(len(e["input_ids"]) for e in examples)
-    assert f"{total} tokens x H=32 x 2 bytes" in caplog.text  # size estimate logged
+    assert f"{total} tokens x (H=32 x 2 bytes + 0)" in caplog.text  # size estimate logged
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST_NAME, *(f"shard-0000{i}.safetensors" for i in range(3))]
 
     manifest = json.loads((out / MANIFEST_NAME).read_text())
@@ -158,6 +162,54 @@ def test_batched_extraction_float32_and_collate(llama, tmp_path):
     assert batch["input_ids"][short, n:].eq(7).all() and batch["loss_mask"][short, n:].eq(0).all()
     assert batch["hidden_states"][short, n:].eq(0).all()
     assert torch.equal(batch["hidden_states"][short, :n], dataset[short]["hidden_states"])
+
+
+def test_int8_storage_halves_the_disk_and_dequantizes_within_its_rounding_bound(llama, tmp_path, caplog):
+    examples = make_examples(6, seed=5)
+    bf16 = extract_features(llama, examples, tmp_path / "bf16", shard_size=3)
+    with caplog.at_level("INFO", logger="fspad_hf.training.features"):
+        int8 = extract_features(llama, examples, tmp_path / "int8", shard_size=3, dtype=torch.int8)
+    total = sum(len(e["input_ids"]) for e in examples)
+    assert f"{total} tokens x (H=32 x 1 bytes + 4)" in caplog.text
+    exact = torch.cat([fresh_features(llama, e["input_ids"]) for e in examples])  # [N_tok, H]
+    error_sq = sum(float((from_rowwise_int8(*rowwise_int8(x[None]), torch.float32) - x).square().sum()) for x in exact)
+    rms, error = (exact.square().mean() ** 0.5).item(), (error_sq / exact.numel()) ** 0.5
+    assert 0 < error < rms / 100  # the measured rounding, logged and kept in the manifest
+    logged = re.search(r"rounding error RMS ([0-9.]+), ([0-9.]+)% of the features' RMS ([0-9.]+)", caplog.text)
+    assert logged, caplog.text
+    assert [float(v) for v in logged.groups()] == pytest.approx([error, 100 * error / rms, rms], rel=0.01, abs=1e-4)
+    manifest = read_manifest(int8)
+    assert manifest["dtype"] == "int8" and manifest["format_version"] == INT8_FORMAT_VERSION
+    assert read_manifest(bf16)["format_version"] == FORMAT_VERSION  # float sets stay readable by older releases
+    raw = load_file(str(int8 / "shard-00000.safetensors"))
+    assert raw["hidden_states"].dtype == torch.int8 and raw["hidden_scale"].dtype == torch.float32
+    assert raw["hidden_scale"].shape == (raw["hidden_states"].shape[0],)  # one scale per token
+    assert raw["hidden_states"].abs().amax(dim=1).eq(127).all()  # each token uses its full range
+    size = {name: sum(e["bytes"] for e in read_manifest(d)["shards"]) for name, d in [("bf16", bf16), ("int8", int8)]}
+    assert size["int8"] < 0.75 * size["bf16"], size  # H=32 here: (32 + 4) / 64 plus the shared token columns
+
+    dataset = OfflineFeatureDataset(int8, verify="sha256")
+    for example, item in zip(examples, (dataset[i] for i in range(len(examples)))):
+        assert item["input_ids"].tolist() == example["input_ids"]
+        exact = fresh_features(llama, example["input_ids"])  # [T, H] float32
+        bound = exact.abs().amax(dim=1, keepdim=True) / 254 + 1e-6  # half a quantization step per token
+        assert item["hidden_states"].dtype == torch.float32
+        assert ((item["hidden_states"] - exact).abs() <= bound).all()
+        assert not torch.equal(item["hidden_states"], exact)  # it is quantized, not a float copy
+    mixed = load_feature_sets([bf16, int8], target=llama)  # int8 and bf16 sets mix in one run
+    batch = collate([mixed[0], mixed[len(examples)]], pad_token_id=0)
+    assert batch["hidden_states"].dtype == torch.bfloat16 and batch["hidden_states"].shape[0] == 2
+
+
+def test_unsupported_storage_dtype_and_newer_format_are_refused(llama, tmp_path):
+    with pytest.raises(ValueError, match="storage dtype torch.int16 is not supported; use one of bfloat16.*int8"):
+        extract_features(llama, make_examples(2), tmp_path / "f", dtype=torch.int16)
+    out = extract_features(llama, make_examples(2), tmp_path / "g", dtype=torch.int8)
+    manifest = read_manifest(out)
+    manifest["format_version"] = 99
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="unsupported feature format 99.*upgrade fspad-hf or re-extract"):
+        OfflineFeatureDataset(out)
 
 
 def test_resume_after_crash_computes_only_missing_shards(llama, tmp_path, monkeypatch, counting):

@@ -82,6 +82,10 @@ def test_online_and_offline_features_give_same_loss(setup, tmp_path):
         a = trainer.compute_loss(trainer.model, online_batch)
         b = trainer.compute_loss(trainer.model, offline_batch)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    int8 = OfflineFeatureDataset(extract_features(target, train[:8], tmp_path / "int8", shard_size=4, dtype=torch.int8))
+    with torch.no_grad():
+        c = trainer.compute_loss(trainer.model, collate([int8[i] for i in range(8)]))
+    assert 0 < abs(c - a) < 1e-2 * a  # per-token int8 moves the loss by its rounding only
 
 
 def test_eval_reports_per_position_accuracy(setup, tmp_path):

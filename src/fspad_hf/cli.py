@@ -79,7 +79,8 @@ class PrepareArguments:
     do_sample: bool = field(default=False, metadata={"help": "Self-distillation: sample instead of greedy."})
     max_prompt_tokens: int = field(default=1024, metadata={"help": "Self-distillation: skip prompts longer than this."})
     features: bool = field(default=False, metadata={"help": "Precompute offline target features (safetensors shards)."})
-    features_dtype: str = field(default="bfloat16", metadata={"help": "Storage dtype of offline features."})
+    features_dtype: str = field(default="bfloat16", metadata={
+        "help": "Storage dtype of offline features: bfloat16, float16, float32, or int8 (one scale per token, ~half of bf16)."})
     shard_size: int = field(default=256, metadata={"help": "Examples per feature shard."})
 
 

@@ -30,6 +30,22 @@ _FORMAT = "fspad-int8-rowwise-v1"
 MAX_SHARD_BYTES = 40 * 2**20
 
 
+def rowwise_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[R, C]`` floats -> int8 ``[R, C]`` and float32 scales ``[R]`` (each row's absmax / 127).
+
+    The rounding error of an element is at most half its row's scale: ``|x - q * s| <= absmax(row) / 254``.
+    Used for head matrices (a row per output unit) and offline features (a row per token).
+    """
+    x32 = x.detach().float()
+    scale = x32.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # [R]; |q| <= 127 by construction
+    return torch.round(x32 / scale[:, None]).to(torch.int8).contiguous(), scale.contiguous()
+
+
+def from_rowwise_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Inverse of :func:`rowwise_int8` up to its rounding: ``q * scale`` per row, cast to ``dtype``."""
+    return (q.float() * scale[:, None]).to(dtype)  # [R, C]
+
+
 def quantize_int8(state_dict: dict[str, torch.Tensor], min_numel: int = 4096) -> dict[str, torch.Tensor]:
     """Floating 2-D tensors with >= `min_numel` elements -> int8 rows + float32 per-row scales."""
     out: dict[str, torch.Tensor] = {}
@@ -37,10 +53,7 @@ def quantize_int8(state_dict: dict[str, torch.Tensor], min_numel: int = 4096) ->
         if not (w.is_floating_point() and w.dim() == 2 and w.numel() >= min_numel):
             out[name] = w.contiguous()
             continue
-        w32 = w.detach().float()
-        scale = w32.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # [rows]; |q| <= 127 by construction
-        out[name] = torch.round(w32 / scale[:, None]).to(torch.int8).contiguous()  # [rows, cols]
-        out[name + SCALE_SUFFIX] = scale.contiguous()
+        out[name], out[name + SCALE_SUFFIX] = rowwise_int8(w)
     return out
 
 
@@ -52,7 +65,7 @@ def dequantize_int8(stored: dict[str, torch.Tensor], dtype: torch.dtype) -> dict
             continue
         scale = stored.get(name + SCALE_SUFFIX)
         if scale is not None:
-            out[name] = (t.float() * scale[:, None]).to(dtype)
+            out[name] = from_rowwise_int8(t, scale, dtype)
         elif t.is_floating_point():
             out[name] = t.to(dtype)
         else:
@@ -151,4 +164,5 @@ def load_int8(cls, folder: str | os.PathLike, dtype: torch.dtype | str | None = 
     return model.to(dtype).eval()
 
 
-__all__ = ["MAX_SHARD_BYTES", "dequantize_int8", "load_int8", "quantize_int8", "read_int8", "remove_weights", "save_int8", "shard_groups", "write_int8"]
+__all__ = ["MAX_SHARD_BYTES", "dequantize_int8", "from_rowwise_int8", "load_int8", "quantize_int8", "read_int8",
+           "remove_weights", "rowwise_int8", "save_int8", "shard_groups", "write_int8"]

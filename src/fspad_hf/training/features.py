@@ -12,6 +12,11 @@ On-disk layout written by :func:`extract_features` (``out_dir``)::
 Each shard holds its examples concatenated along the token axis: ``input_ids`` int32 ``[N_tok]``,
 ``loss_mask`` uint8 ``[N_tok]``, ``hidden_states`` ``[N_tok, H]`` (storage dtype) and ``offsets``
 int64 ``[n_ex + 1]`` (example ``j`` of the shard is tokens ``offsets[j]:offsets[j + 1]``).
+
+Storage dtypes: bfloat16 (default), float16, float32, or int8 with one absmax scale per token
+(``hidden_scale`` float32 ``[N_tok]``; H + 4 bytes a token, about half of bf16). int8 sets are format
+version 2, so a reader that predates them refuses them instead of training on raw int8 codes; float sets
+stay version 1. Readers dequantize int8 to float32.
 """
 
 from __future__ import annotations
@@ -33,15 +38,18 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..head.storage import from_rowwise_int8, rowwise_int8
 from ..head.target_parts import decoder_of, text_config_of
 from ..integrity import sha256_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "MANIFEST_NAME", "OfflineFeatureDataset", "check_features_target",
-           "extract_features", "feature_tokens", "load_feature_sets", "read_manifest", "target_features"]
+__all__ = ["FORMAT_VERSION", "INT8_FORMAT_VERSION", "MANIFEST_NAME", "STORAGE_DTYPES", "OfflineFeatureDataset",
+           "check_features_target", "extract_features", "feature_tokens", "load_feature_sets", "read_manifest", "target_features"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # float storage; INT8_FORMAT_VERSION adds hidden_scale
+INT8_FORMAT_VERSION = 2
+STORAGE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.int8)
 MANIFEST_NAME = "manifest.json"
 _IDENTITY_KEYS = ("model_type", "hidden_size", "vocab_size", "weights_fingerprint")
 _DATA_KEYS = ("num_examples", "total_tokens", "shard_size", "dtype", "data_sha256")
@@ -128,33 +136,51 @@ def _batch_features(target: torch.nn.Module, rows: list[list[int]]) -> list[torc
 
 def _compute_shard(
     target: torch.nn.Module, examples: Sequence[dict], dtype: torch.dtype, batch_size: int, progress: Any
-) -> dict[str, torch.Tensor]:
-    """Flat shard tensors for ``examples`` (in order)."""
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Flat shard tensors for ``examples`` (in order), and for int8 storage the shard's sums of squared
+    features and squared rounding errors (``feature_sq``, ``int8_error_sq``: what int8 costs, measured)."""
     ids = [list(e["input_ids"]) for e in examples]
     hidden: list[torch.Tensor] = []
+    scales: list[torch.Tensor] = []  # int8 storage: one scale per token (a token's features share one range)
+    stats = {"feature_sq": 0.0, "int8_error_sq": 0.0} if dtype == torch.int8 else {}
     for start in range(0, len(ids), batch_size):
         rows = ids[start : start + batch_size]
-        hidden += [h.to("cpu", dtype) for h in _batch_features(target, rows)]
+        for h in _batch_features(target, rows):  # [T_i, H]
+            if dtype == torch.int8:
+                exact = h.to("cpu", torch.float32)  # [T_i, H]
+                q, scale = rowwise_int8(exact)  # [T_i, H], [T_i]
+                hidden.append(q)
+                scales.append(scale)
+                stats["feature_sq"] += float(exact.square().sum())
+                stats["int8_error_sq"] += float((from_rowwise_int8(q, scale, torch.float32) - exact).square().sum())
+            else:
+                hidden.append(h.to("cpu", dtype))
         progress.update(len(rows))
     lengths = torch.tensor([0] + [len(r) for r in ids], dtype=torch.int64)
-    return {
+    tensors = {
         "input_ids": torch.tensor([t for r in ids for t in r], dtype=torch.int32),  # [N_tok]
         "loss_mask": torch.tensor([m for e in examples for m in e["loss_mask"]], dtype=torch.uint8),  # [N_tok]
         "hidden_states": torch.cat(hidden, dim=0).contiguous(),  # [N_tok, H]
         "offsets": torch.cumsum(lengths, dim=0),  # [n_ex + 1]
     }
+    if scales:
+        tensors["hidden_scale"] = torch.cat(scales).contiguous()  # [N_tok]
+    return tensors, stats
 
 
-def _write_shard(out_dir: Path, index: int, start: int, end: int, tensors: dict[str, torch.Tensor]) -> dict:
-    """Write shard ``index`` atomically (temp file, fsync, rename); return its manifest entry."""
+def _write_shard(
+    out_dir: Path, index: int, start: int, end: int, tensors: dict[str, torch.Tensor], stats: dict[str, float]
+) -> dict:
+    """Write shard ``index`` atomically (temp file, fsync, rename); return its manifest entry (with ``stats``)."""
     path = out_dir / f"shard-{index:05d}.safetensors"
     tmp = out_dir / f".{path.name}.tmp"
-    save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION), "start": str(start), "end": str(end)})
+    version = INT8_FORMAT_VERSION if "hidden_scale" in tensors else FORMAT_VERSION
+    save_file(tensors, str(tmp), metadata={"format_version": str(version), "start": str(start), "end": str(end)})
     with tmp.open("rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     return {"index": index, "file": path.name, "start": start, "end": end, "num_tokens": int(tensors["offsets"][-1]),
-            "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+            "bytes": path.stat().st_size, "sha256": sha256_file(path), **stats}
 
 
 def _new_manifest(target: torch.nn.Module, examples: Sequence[dict], shard_size: int, dtype: torch.dtype) -> dict:
@@ -164,7 +190,8 @@ def _new_manifest(target: torch.nn.Module, examples: Sequence[dict], shard_size:
     identity = {"name_or_path": getattr(target.config, "_name_or_path", "") or "", "model_type": cfg.model_type,
                 "hidden_size": int(cfg.hidden_size), "vocab_size": int(cfg.vocab_size),
                 "weights_fingerprint": _weights_fingerprint(target)}
-    return {"format_version": FORMAT_VERSION, "target": identity, "dtype": str(dtype).removeprefix("torch."),
+    version = INT8_FORMAT_VERSION if dtype == torch.int8 else FORMAT_VERSION
+    return {"format_version": version, "target": identity, "dtype": str(dtype).removeprefix("torch."),
             "num_examples": len(examples), "total_tokens": total, "shard_size": shard_size,
             "data_sha256": data_sha256, "complete": False, "shards": []}
 
@@ -194,9 +221,10 @@ def _log_estimate(manifest: dict, dtype: torch.dtype, out_dir: Path) -> None:
     """Log the expected size of the hidden states, and warn if the disk looks too small."""
     tokens, hidden = manifest["total_tokens"], manifest["target"]["hidden_size"]
     element = torch.empty((), dtype=dtype).element_size()
-    nbytes, free = tokens * hidden * element, shutil.disk_usage(out_dir).free
-    logger.info("feature extraction: %d examples, %d tokens x H=%d x %d bytes = %.2f GiB (%.2f GiB free in %s)",
-                manifest["num_examples"], tokens, hidden, element, nbytes / 2**30, free / 2**30, out_dir)
+    scale = 4 if dtype == torch.int8 else 0  # int8: a float32 scale per token
+    nbytes, free = tokens * (hidden * element + scale), shutil.disk_usage(out_dir).free
+    logger.info("feature extraction: %d examples, %d tokens x (H=%d x %d bytes + %d) = %.2f GiB (%.2f GiB free in %s)",
+                manifest["num_examples"], tokens, hidden, element, scale, nbytes / 2**30, free / 2**30, out_dir)
     if nbytes > free:
         logger.warning("the features (%.2f GiB) may not fit in the free space (%.2f GiB)", nbytes / 2**30, free / 2**30)
 
@@ -218,7 +246,8 @@ def extract_features(
             :func:`fspad_hf.training.data.tokenize_conversation`); order is preserved.
         out_dir: directory for ``manifest.json`` and ``shard-XXXXX.safetensors``.
         shard_size: examples per shard.
-        dtype: storage dtype of ``hidden_states``.
+        dtype: storage dtype of ``hidden_states``: bfloat16, float16, float32, or int8 (a float32 absmax
+            scale per token; about half the disk of bf16, rounding error <= absmax / 254 per element).
         batch_size: examples per target forward (right-padded).
         overwrite: delete an existing manifest/shards in ``out_dir`` instead of resuming.
 
@@ -227,10 +256,14 @@ def extract_features(
         are complete and intact, and recomputes missing or corrupt ones.
 
     Raises:
-        ValueError: ``out_dir`` holds features of another target / data set / dtype / shard size.
+        ValueError: ``out_dir`` holds features of another target / data set / dtype / shard size, or
+            ``dtype`` is not a storage dtype.
     """
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
+    if dtype not in STORAGE_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in STORAGE_DTYPES)
+        raise ValueError(f"feature storage dtype {dtype} is not supported; use one of {names}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _new_manifest(target, examples, shard_size, dtype)
@@ -262,8 +295,8 @@ def extract_features(
             for index in todo:
                 start, end = index * shard_size, min((index + 1) * shard_size, len(examples))
                 shard_examples = [examples[i] for i in range(start, end)]  # also works for a datasets.Dataset
-                tensors = _compute_shard(target, shard_examples, dtype, batch_size, progress)
-                manifest["shards"].append(_write_shard(out, index, start, end, tensors))
+                tensors, stats = _compute_shard(target, shard_examples, dtype, batch_size, progress)
+                manifest["shards"].append(_write_shard(out, index, start, end, tensors, stats))
                 manifest["shards"].sort(key=lambda e: e["index"])
                 manifest["complete"] = len(manifest["shards"]) == n_shards
                 _write_json_atomic(out / MANIFEST_NAME, manifest)
@@ -271,14 +304,26 @@ def extract_features(
         target.train(was_training)
     manifest["complete"] = True
     _write_json_atomic(out / MANIFEST_NAME, manifest)
+    _log_int8_rounding(manifest)
     return out
+
+
+def _log_int8_rounding(manifest: dict) -> None:
+    """Log the measured int8 rounding of a feature set: RMS error against the features' RMS (int8 sets only)."""
+    shards = [e for e in manifest["shards"] if "int8_error_sq" in e]
+    if not shards:
+        return
+    count = manifest["total_tokens"] * manifest["target"]["hidden_size"]
+    error = (sum(e["int8_error_sq"] for e in shards) / count) ** 0.5
+    rms = (sum(e["feature_sq"] for e in shards) / count) ** 0.5
+    logger.info("int8 features: rounding error RMS %.4f, %.2f%% of the features' RMS %.4f", error, 100 * error / rms, rms)
 
 
 class OfflineFeatureDataset(Dataset):
     """Per-example view of an extracted feature directory; shards are opened lazily (small LRU).
 
     Items are ``{"input_ids": LongTensor[T], "loss_mask": LongTensor[T], "hidden_states": Tensor[T, H]}``
-    with ``hidden_states`` in the storage dtype.
+    with ``hidden_states`` in the storage dtype (float32 for an int8 set: dequantized with its per-token scale).
 
     Args:
         out_dir: a directory written by :func:`extract_features`.
@@ -291,8 +336,11 @@ class OfflineFeatureDataset(Dataset):
             raise ValueError(f"verify must be 'sha256', 'size' or 'none', got {verify!r}")
         self.out_dir = Path(out_dir)
         self.manifest = read_manifest(self.out_dir)
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{self.out_dir}: unsupported feature format {self.manifest.get('format_version')}")
+        version = self.manifest.get("format_version")
+        if version not in (FORMAT_VERSION, INT8_FORMAT_VERSION):
+            raise ValueError(f"{self.out_dir}: unsupported feature format {version} (this fspad-hf reads "
+                             f"{FORMAT_VERSION} and {INT8_FORMAT_VERSION}); upgrade fspad-hf or re-extract the features")
+        self.int8 = version == INT8_FORMAT_VERSION
         self.shards = sorted(self.manifest["shards"], key=lambda e: e["start"])
         covered = sum(e["end"] - e["start"] for e in self.shards)
         bad = [] if verify == "none" else [
@@ -363,7 +411,10 @@ class OfflineFeatureDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         handle, a, b = self._locate(index)
-        return {**self.tokens(index), "hidden_states": handle.get_slice("hidden_states")[a:b]}  # [T, H]
+        hidden = handle.get_slice("hidden_states")[a:b]  # [T, H]
+        if self.int8:
+            hidden = from_rowwise_int8(hidden, handle.get_slice("hidden_scale")[a:b], torch.float32)  # [T, H]
+        return {**self.tokens(index), "hidden_states": hidden}
 
 
 def check_features_target(manifest: dict, target: torch.nn.Module, where: str | os.PathLike = "features") -> None:
