@@ -67,6 +67,13 @@ def test_train_rejects_bad_method_and_empty_data(tiny_model_dir, tmp_path):
               "--max_steps", "1", "--use_cpu"])
 
 
+def test_prepare_rejects_an_unknown_feature_dtype_before_loading_data(tiny_model_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--features_dtype must be one of bfloat16, float16, float32, int8, got 'int4'"):
+        main(["prepare", "--target", str(tiny_model_dir), "--data", str(_chat_file(tmp_path)), "--features",
+              "--features_dtype", "int4", "--output_dir", str(tmp_path / "prep")])
+    assert not (tmp_path / "prep").exists()  # refused before any work (self-distillation can take hours)
+
+
 def test_help_lists_commands(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--help"])
