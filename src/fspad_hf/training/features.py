@@ -313,7 +313,7 @@ def _log_int8_rounding(manifest: dict) -> None:
     shards = [e for e in manifest["shards"] if "int8_error_sq" in e]
     if not shards:
         return
-    count = manifest["total_tokens"] * manifest["target"]["hidden_size"]
+    count = sum(e["num_tokens"] for e in shards) * manifest["target"]["hidden_size"]  # the shards that measured it
     error = (sum(e["int8_error_sq"] for e in shards) / count) ** 0.5
     rms = (sum(e["feature_sq"] for e in shards) / count) ** 0.5
     logger.info("int8 features: rounding error RMS %.4f, %.2f%% of the features' RMS %.4f", error, 100 * error / rms, rms)
