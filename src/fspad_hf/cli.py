@@ -155,9 +155,8 @@ def _tokenize(tokenizer, convs, max_length: int, all_turns: bool = False) -> lis
 def cmd_prepare(argv: list[str]) -> None:
     """Chat data -> (optional) self-distilled JSONL -> (optional) offline feature shards."""
     targs, dargs, pargs = _parse((TargetArguments, DataArguments, PrepareArguments), argv)
-    from .training.features import STORAGE_DTYPES
+    from .training.features import STORAGE_DTYPE_NAMES as names
 
-    names = [str(d).removeprefix("torch.") for d in STORAGE_DTYPES]
     if pargs.features and pargs.features_dtype not in names:  # before hours of self-distillation, not after
         raise SystemExit(f"--features_dtype must be one of {', '.join(names)}, got {pargs.features_dtype!r}.")
     out = Path(pargs.output_dir)

@@ -44,12 +44,13 @@ from ..integrity import sha256_file
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "INT8_FORMAT_VERSION", "MANIFEST_NAME", "STORAGE_DTYPES", "OfflineFeatureDataset",
+__all__ = ["FORMAT_VERSION", "INT8_FORMAT_VERSION", "MANIFEST_NAME", "STORAGE_DTYPES", "STORAGE_DTYPE_NAMES", "OfflineFeatureDataset",
            "check_features_target", "extract_features", "feature_tokens", "load_feature_sets", "read_manifest", "target_features"]
 
 FORMAT_VERSION = 1  # float storage; INT8_FORMAT_VERSION adds hidden_scale
 INT8_FORMAT_VERSION = 2
 STORAGE_DTYPES = (torch.bfloat16, torch.float16, torch.float32, torch.int8)
+STORAGE_DTYPE_NAMES = tuple(str(d).removeprefix("torch.") for d in STORAGE_DTYPES)  # as the CLI and manifest spell them
 MANIFEST_NAME = "manifest.json"
 _IDENTITY_KEYS = ("model_type", "hidden_size", "vocab_size", "weights_fingerprint")
 _DATA_KEYS = ("num_examples", "total_tokens", "shard_size", "dtype", "data_sha256")
@@ -262,8 +263,7 @@ def extract_features(
     if shard_size < 1 or batch_size < 1:
         raise ValueError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
     if dtype not in STORAGE_DTYPES:
-        names = ", ".join(str(d).removeprefix("torch.") for d in STORAGE_DTYPES)
-        raise ValueError(f"feature storage dtype {dtype} is not supported; use one of {names}")
+        raise ValueError(f"feature storage dtype {dtype} is not supported; use one of {', '.join(STORAGE_DTYPE_NAMES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = _new_manifest(target, examples, shard_size, dtype)
