@@ -9,18 +9,30 @@
 # SHARED=1 nothing is paused and the bench runs pinned to core ${CORE:-1}, for 1-thread cells next to a
 # long training run on the other core: ratios stay interleaved, absolute speeds drop) and
 # resumes from its .partial.jsonl if interrupted. Results: benchmarks/results/grid-<machine>/<target>-<dtype>-<T>t/,
-# <machine> from lscpu (e.g. xeon-amx, epyc-avx512bf16, epyc-avx2) or $MACHINE.
+# <machine> from lscpu and /proc/cpuinfo (e.g. xeon-amx, epyc-zen4-avx512bf16, epyc-zen2-avx2) or $MACHINE.
+# (Folders named before the Zen generation was detected: epyc-avx512bf16 was a Zen 4, epyc-avx2 a pre-Zen 4.)
 # New heads against the ones they replace, in the same interleaved run: TAG=heads2 PREV=DIR (a folder holding the
 # previous <head> folders, e.g. from `git archive <commit> src/fspad_hf/heads`) adds `default-prev` and `static-prev`
 # and writes to grid-<machine>-<TAG>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS=${1:-smollm2}; DTYPES=${2:-"float32 bfloat16"}; THREADS=${3:-"1 2"}; PER=${4:-2}; N=${5:-64}
+amd_zen() {  # "-zen4"/"-zen5" from the CPU family and model (AMD's numbering); nothing if unknown
+  local family model
+  family=$(sed -n 's/^cpu family[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -1)
+  model=$(sed -n 's/^model[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -1)
+  case $family in
+    26) echo -zen5 ;;
+    25) if (( (model >= 0x10 && model <= 0x1f) || (model >= 0x60 && model <= 0x7f) || (model >= 0xa0 && model <= 0xaf) ));
+        then echo -zen4; else echo -zen3; fi ;;
+    23) echo -zen2 ;;
+  esac
+}
 machine_tag() {  # CPU vendor + the best matrix instructions it has: what decides the costs here
   local name flags isa
   name=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
   flags=$(grep -m1 '^flags' /proc/cpuinfo || true)
-  case $name in *EPYC*) name=epyc ;; *Xeon*) name=xeon ;; *) name=$(echo "$name" | tr -cs 'A-Za-z0-9' '-' | tr 'A-Z' 'a-z' | cut -c1-20) ;; esac
+  case $name in *EPYC*) name=epyc$(amd_zen) ;; *Xeon*) name=xeon ;; *) name=$(echo "$name" | tr -cs 'A-Za-z0-9' '-' | tr 'A-Z' 'a-z' | cut -c1-20) ;; esac
   if [[ $flags == *amx_bf16* ]]; then isa=amx; elif [[ $flags == *avx512_bf16* ]]; then isa=avx512bf16; else isa=avx2; fi
   echo "$name-$isa"
 }
