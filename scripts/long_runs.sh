@@ -41,7 +41,7 @@ case $PAIR in
   qwen) TARGET=qwen-coder-0.5b; RUN=runs/long/qwen-pair; CARRY=milestones/qwen-pair; OUT=benchmarks/results/learning-curve-qwen
         DEFAULT_STEPS=4000; DEFAULT_ANNEAL=1000; DEFAULT_DATA=data/qwen-coder-0.5b/distilled.jsonl:768,sharegpt:0-2500
         # PosS: 1,000 steps, not SmolLM2's 1,500: there held-out tau was 2.329 / 2.307 / 2.320 at 500 / 1,000 / 1,500
-        # steps (flat after 500), and a Qwen PosS step costs ~2x a SmolLM2 one
+        # steps (flat after 500), and a Qwen PosS step (unroll 3) costs ~4x a SmolLM2 pair step (~17 s vs ~4 s on a Zen 4)
         DEFAULT_POSS_STEPS=1000
         SHIPPED_NOTE="1,200 steps on ~1.6k first-turn examples, multi-epoch"; GOAL=2.4; INT8=(--int8)
         DATA_NOTE="768 self-distilled Qwen answers + every assistant turn of ShareGPT conversations 0-2499"
