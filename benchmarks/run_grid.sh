@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS=${1:-smollm2}; DTYPES=${2:-"float32 bfloat16"}; THREADS=${3:-"1 2"}; PER=${4:-2}; N=${5:-64}
-amd_zen() {  # "-zen4"/"-zen5" from the CPU family and model (AMD's numbering); nothing if unknown
+amd_zen() {  # "-zen2" ... "-zen5" from the CPU family and model (AMD's numbering); nothing if unknown
   local family model
   family=$(sed -n 's/^cpu family[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -1)
   model=$(sed -n 's/^model[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo | head -1)
