@@ -18,7 +18,7 @@ import fspad_hf  # noqa: F401
 from fspad_hf import FSPADDraftModel
 from fspad_hf.head.shipped import heads_dir
 from fspad_hf.sharing.hub import build_model_card
-from fspad_hf.head.loading import INT8_INDEX_NAME
+from fspad_hf.head.loading import INT8_INDEX_NAME, INT8_WEIGHTS_NAME
 from fspad_hf.head.storage import remove_weights, save_int8
 from fspad_hf.training.checkpoints import GROUP_MANIFEST_NAME
 
@@ -74,10 +74,14 @@ def main():
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--name", required=True, help="folder name under src/fspad_hf/heads/")
     p.add_argument("--benchmark", default=None, help="fspad-hf bench JSON for the card")
+    p.add_argument("--benchmark_note", default=None, help="what the --benchmark run measured, shown above its tables")
     p.add_argument("--tree", default=None, help="total,depth,top_k defaults stored in the config")
     p.add_argument("--data", default="1,500 self-distilled SmolLM2 answers to ShareGPT first turns 0-2399 + raw ShareGPT "
                    "first turns 2400-4399 (offline bf16 target features)")
     p.add_argument("--command", default="bash scripts/smollm2_heads.sh main", help="the command that trained it")
+    p.add_argument("--card_only", action="store_true",
+                   help="rebuild only the README.md of the shipped head --name from this checkpoint's record (after a "
+                        "card template change); its weights and config stay as they are")
     p.add_argument("--int8", action="store_true", help="store the weights as int8 (fspad_hf.head.storage; ~half of bf16)")
     p.add_argument("--lr_schedule", default=None, help="the learning-rate schedule, in words, for the card")
     p.add_argument("--tokens", type=int, default=None, help="training tokens seen, for the card")
@@ -86,8 +90,12 @@ def main():
     a = p.parse_args()
     ckpt = Path(a.checkpoint)
     metrics = checkpoint_metrics(ckpt)  # before loading: a wrong folder fails with its own message
-    head = FSPADDraftModel.from_pretrained(ckpt).to(torch.bfloat16)
-    if a.tree:
+    out = heads_dir() / a.name
+    if a.card_only and not (out / "config.json").is_file():
+        raise SystemExit(f"--card_only: no shipped head at {out}; finalize it without --card_only first.")
+    head = FSPADDraftModel.from_pretrained(out if a.card_only else ckpt)
+    head = head if a.card_only else head.to(torch.bfloat16)
+    if a.tree and not a.card_only:
         head.config.tree_total_tokens, head.config.tree_depth, head.config.tree_top_k = (int(x) for x in a.tree.split(","))
     training = {
         "data": a.data,
@@ -103,19 +111,21 @@ def main():
         "seed": 0,
         "hardware": f"1 CPU core, no GPU (command: {a.command})",
     }
-    out = heads_dir() / a.name
-    if out.is_dir():
-        remove_weights(out)  # re-finalising may switch formats
-    if a.int8:
-        save_int8(head, out)
-        head = FSPADDraftModel.from_pretrained(out)  # the card describes what ships (dequantized weights)
-    else:
-        head.save_pretrained(out)
+    if not a.card_only:
+        if out.is_dir():
+            remove_weights(out)  # re-finalising may switch formats
+        if a.int8:
+            save_int8(head, out)
+            head = FSPADDraftModel.from_pretrained(out)  # the card describes what ships (dequantized weights)
+        else:
+            head.save_pretrained(out)
     sharded = (out / INT8_INDEX_NAME).is_file()
+    int8 = sharded or (out / INT8_WEIGHTS_NAME).is_file()  # what ships, also when only the card is rebuilt
     storage = ("stored as int8 with one scale per row in `model.int8" + ("-*-of-*" if sharded else "")
                + ".safetensors`" + (" (shards under 40 MiB, listed by its index)" if sharded else "")
-               + ", dequantized on load" if a.int8 else None)
-    build_model_card(head, training, a.benchmark, weights_storage=storage).save(out / "README.md")
+               + ", dequantized on load" if int8 else None)
+    build_model_card(head, training, a.benchmark, weights_storage=storage,
+                     benchmark_note=a.benchmark_note).save(out / "README.md")
     print(f"wrote {out}: {sum(f.stat().st_size for f in out.iterdir()) / 1e6:.1f} MB")
 
 

@@ -11,6 +11,7 @@
 #   PHASE=poss bash scripts/long_runs.sh train  # after the pair: PosS-2 initialised from its final FSPAD head
 #   PHASE=pair2 bash scripts/long_runs.sh train # after the pair: the pair again on new data, from its final heads
 #   bash scripts/long_runs.sh ship        # the final heads -> src/fspad_hf/heads/<target>-<method> (+ cards)
+#   CARD_ONLY=1 bash scripts/long_runs.sh ship  # rebuild only the shipped heads' cards (after a template change)
 #
 # Why online features and one head group: a session lasts three hours and the next one may be on a fresh machine
 # with only what was committed. Offline features (~1.16 KB per token, ~12 GB for 10M tokens) cannot be committed
@@ -185,6 +186,12 @@ EOF
 fi
 
 if [[ $STEP == ship ]]; then  # the heads at the run's last step, with the held-out bench of that step in the card
+  # The card's benchmark is the learning curve's acceptance run, not a speed run: say so, and where speed is
+  BENCH_NOTE="This is the held-out acceptance run of the learning curve ($OUT/): \
+40 ShareGPT questions never trained on, float32, one thread, a static tree of 8 tokens (depth 3, top-k 4), \
+on a 2-core machine with a training run on the other core. Read its tau (tokens per target forward); its tokens/s and speed-up \
+are not this head's speed. Speed-ups per machine and dtype, with tuned and adaptive trees, are in the fspad-hf \
+README's benchmark grid (benchmarks/results/grid-summary.md)."
   ckpt=$RUN/checkpoint-$STEPS; [[ -d $ckpt ]] || ckpt=$CARRY  # the carry holds int8 weights: dequantized
   at=$(python -c "import json; print(json.load(open('$ckpt/trainer_state.json'))['global_step'])")
   (( at == STEPS )) || { echo "$ckpt is at step $at, not the run's last step $STEPS: train (and carry) first" >&2; exit 1; }
@@ -202,7 +209,8 @@ if [[ $STEP == ship ]]; then  # the heads at the run's last step, with the held-
     python scripts/finalize_heads.py --checkpoint "$folder" --name "$TARGET-$method" --tree 8,3,4 "${INT8[@]}" \
       --data "$DATA_NOTE ($examples windows of <= 448 tokens, all turns, online $TRAIN_DTYPE target features)$init" \
       --lr_schedule "100-step warm-up, constant $LR, linear anneal to 0 over the last $ANNEAL steps (AdamW and warm-up restarted at each carry to another machine)" \
-      --tokens "$tokens" --heldout "$heldout" --benchmark "$heldout" --command "bash scripts/long_runs.sh train (PAIR=$PAIR PHASE=$PHASE)"
+      --tokens "$tokens" --heldout "$heldout" --benchmark "$heldout" --command "bash scripts/long_runs.sh train (PAIR=$PAIR PHASE=$PHASE)" \
+      --benchmark_note "$BENCH_NOTE" ${CARD_ONLY:+--card_only}
   done
 fi
 

@@ -46,3 +46,35 @@ def test_not_a_checkpoint_names_the_fix(tmp_path):
     (tmp_path / "weights").mkdir()
     with pytest.raises(SystemExit, match="not a training checkpoint"):
         checkpoint_metrics(tmp_path / "weights")
+
+
+def test_card_only_rebuilds_the_card_and_leaves_the_weights(tmp_path, monkeypatch):
+    """--card_only: a template change reaches a shipped head's card without re-exporting its weights."""
+    import sys
+
+    from fspad_hf import FSPADDraftModel
+    from fspad_hf.head.storage import save_int8
+    from scripts import finalize_heads
+    from tests.conftest import make_target
+
+    heads = tmp_path / "heads"
+    monkeypatch.setattr(finalize_heads, "heads_dir", lambda: heads)
+    ckpt = tmp_path / "checkpoint-1200"
+    _state(ckpt, [{"loss": 2.5, "learning_rate": 5e-4, "step": 1200}])
+    argv = ["finalize_heads.py", "--checkpoint", str(ckpt), "--name", "tiny", "--card_only",
+            "--benchmark_note", "Acceptance run, not a speed run."]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit, match="no shipped head"):
+        finalize_heads.main()
+
+    save_int8(FSPADDraftModel.from_target(make_target("llama")), heads / "tiny")
+    weights = {p.name: p.read_bytes() for p in (heads / "tiny").iterdir()}
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"config": {"dtype": "float32", "heads": ["fspad=x@8,3,4"]},
+                                 "methods": {"fspad": {"overall": {"tau": 2.2, "speedup": 0.9, "tokens_per_s": 6.0}}}}))
+    monkeypatch.setattr(sys, "argv", argv + ["--benchmark", str(bench)])
+    finalize_heads.main()
+    card = (heads / "tiny" / "README.md").read_text()
+    assert "Acceptance run, not a speed run." in card and "fspad static (8 tokens, depth 3, top-k 4)" in card
+    assert "stored as int8" in card  # what ships is read from the folder, not from --int8
+    assert {p.name: p.read_bytes() for p in (heads / "tiny").iterdir() if p.name != "README.md"} == weights

@@ -283,6 +283,21 @@ def test_card_variants(target, tmp_path, caplog):
     assert build_model_card(eagle, base_model_license="mit").data.license == "mit"
 
 
+def test_card_benchmark_note_and_trees(head):
+    """The note says what a benchmark measured (above its tables); the setup line says how each head drafted."""
+    bench = {**BENCH, "config": {**BENCH["config"], "heads": ["fspad=runs/x/checkpoint-500/fspad@8,3,4",
+                                                            "poss=runs/y+adaptive", "eagle2=runs/z"]}}
+    note = "Held-out acceptance run on a core shared with a training run: tokens/s are not this head's speed."
+    text = build_model_card(head, benchmark=bench, benchmark_note=note).text
+    section = text.split("## Benchmark", 1)[1].split("## Limitations", 1)[0]
+    assert section.index(note) < section.index("| method | tau |")
+    assert ("trees: fspad static (8 tokens, depth 3, top-k 4), poss adaptive (at most the head default shape), "
+            "eagle2 with its own tree defaults.") in section
+    assert note not in build_model_card(head, benchmark=bench).text
+    with pytest.raises(ValueError, match="tree suffix"):
+        build_model_card(head, benchmark={**bench, "config": {"heads": ["fspad=x@8,3"]}})
+
+
 def test_card_template_has_one_source():
     canonical = Path(__file__).parent.parent / "model_cards" / CARD_TEMPLATE_NAME
     path = card_template_path()

@@ -25,9 +25,9 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
-from ..head.modeling import FSPADDraftModel
-
+from ..decoding.settings import TreeSettings
 from ..evaluation.benchmark import identical_cell
+from ..head.modeling import FSPADDraftModel
 from .standalone import build_generate_py, card_template_path, requirements_txt
 
 logger = logging.getLogger(__name__)
@@ -145,9 +145,30 @@ def benchmark_context(summary: dict) -> dict:
                   ("questions", "questions"), ("max new tokens", "max_new_tokens"), ("temperature", "temperature"),
                   ("tree", "tree"))
     setup = [(label, config[key]) for label, key in setup_keys if config.get(key) not in (None, {}, "")]
+    trees = head_trees(config.get("heads") or [])
+    if trees:
+        setup.append(("trees", trees))
     return {"overall": overall, "methods": list(methods), "categories": categories, "per_category": per_category,
             "setup": setup, "dtype": config.get("dtype", "float32"),
             "decoding": "Greedy decoding" if not config.get("temperature") else f"Sampling at temperature {config['temperature']}"}
+
+
+def head_trees(specs: list[str]) -> str:
+    """How each benchmarked head drafted, from its `NAME=PATH[@T,D,K][+...]` spec (bench --head):
+    `fspad static (8 tokens, depth 3, top-k 4)`; a head without a suffix used its own defaults."""
+    described = []
+    for spec in specs:
+        name, _, rest = spec.partition("=") if "=" in spec else ("", "", spec)
+        path, keywords = TreeSettings.parse_suffix(rest)
+        shape = (f"{keywords['tree_total_tokens']} tokens, depth {keywords['tree_depth']}, top-k {keywords['tree_top_k']}"
+                 if "tree_total_tokens" in keywords else None)
+        policy = keywords.get("tree_policy")
+        text = (f"adaptive (at most {shape or 'the head default shape'})" if policy == "adaptive" else
+                f"static ({shape})" if policy == "static" else "with its own tree defaults")
+        if keywords.get("retrieval_branches"):
+            text += f" + {keywords['retrieval_branches']} retrieval branches"
+        described.append(f"{name or Path(path).name} {text}")
+    return ", ".join(described)
 
 
 def card_metadata(head, training_args: Any = None, license_id: str | None = None) -> ModelCardData:
@@ -170,7 +191,8 @@ def _num_parameters(head) -> str:
 
 def build_model_card(head, training_args: Any = None, benchmark: dict | str | Path | None = None,
                      base_model_license: str | None = None, *, repo_id: str | None = None,
-                     default_draft_model: str | None = None, weights_storage: str | None = None) -> ModelCard:
+                     default_draft_model: str | None = None, weights_storage: str | None = None,
+                     benchmark_note: str | None = None) -> ModelCard:
     """The head's model card, rendered from `model_cards/fspad_head_card.md.j2`.
 
     training_args: a dict (or `TrainingArguments`) with any of `data`, `datasets` (Hub ids, for the
@@ -179,6 +201,8 @@ def build_model_card(head, training_args: Any = None, benchmark: dict | str | Pa
     base_model_license: license id; default: the target's, when it is a known target.
     repo_id: used in the usage snippets; default_draft_model: where `custom_generate` loads weights from.
     weights_storage: how the weights are stored when not plainly in `dtype` (e.g. int8, see `fspad_hf.head.storage`).
+    benchmark_note: what the attached benchmark measured and what it does not (e.g. an acceptance run on a busy
+        machine, whose tokens/s say nothing about speed), shown above its tables.
     """
     from transformers import __version__ as transformers_version
 
@@ -210,6 +234,7 @@ def build_model_card(head, training_args: Any = None, benchmark: dict | str | Pa
         fspad_version=fspad_version, transformers_version=cfg.transformers_version or transformers_version,
         training_rows=training_rows(training_args),
         bench=benchmark_context(bench) if bench else None,
+        benchmark_note=benchmark_note,
         license_note=LICENSE_NOTES.get(license_id, f"`{license_id}`." if license_id else
                                        "Not set: the target model's license applies to this head."),
     )
@@ -235,7 +260,7 @@ def repo_files(folder: str | Path) -> list[str]:
 
 def save_head_repo(head, folder: str | Path, card: ModelCard | None = None, *, repo_id: str | None = None,
                    training_args: Any = None, benchmark: dict | str | Path | None = None,
-                   base_model_license: str | None = None) -> Path:
+                   base_model_license: str | None = None, benchmark_note: str | None = None) -> Path:
     """Write a shareable head repo into `folder` (see the module docstring for the layout).
 
     repo_id: the repo the folder is meant for; `custom_generate` then loads the weights from it when the
@@ -247,7 +272,7 @@ def save_head_repo(head, folder: str | Path, card: ModelCard | None = None, *, r
     head.save_pretrained(folder)
     if card is None:
         card = build_model_card(head, training_args, benchmark, base_model_license, repo_id=repo_id,
-                                default_draft_model=repo_id)
+                                default_draft_model=repo_id, benchmark_note=benchmark_note)
     card.save(folder / "README.md")
     custom = folder / "custom_generate"
     custom.mkdir(exist_ok=True)
@@ -274,14 +299,14 @@ class PushResult:
 def push_head(head, repo_id: str, *, card: ModelCard | None = None, private: bool = False, token: str | None = None,
               dry_run_dir: str | Path | None = None, commit_message: str = "Upload FSPAD draft head (fspad-hf)",
               training_args: Any = None, benchmark: dict | str | Path | None = None,
-              base_model_license: str | None = None) -> PushResult:
+              base_model_license: str | None = None, benchmark_note: str | None = None) -> PushResult:
     """Upload `head` as a full repo (card, weights, `custom_generate/`) to `repo_id` on the Hub.
 
     dry_run_dir: only write the repo folder there; nothing is uploaded and no network call is made.
     Otherwise the repo is created if needed (`private` applies then) and the folder uploaded in one commit.
     """
     kwargs = dict(card=card, repo_id=repo_id, training_args=training_args, benchmark=benchmark,
-                  base_model_license=base_model_license)
+                  base_model_license=base_model_license, benchmark_note=benchmark_note)
     if dry_run_dir is not None:
         folder = save_head_repo(head, dry_run_dir, **kwargs)
         logger.info("dry run: wrote %s, uploaded nothing", folder)
@@ -308,6 +333,9 @@ def push_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", required=True, help="head folder (FSPADDraftModel.save_pretrained output, e.g. runs/fspad/final)")
     p.add_argument("--repo_id", required=True, help="target repo on the Hub, e.g. you/smollm2-135m-fspad")
     p.add_argument("--benchmark", default=None, help="results JSON of `fspad-hf bench`, for the card's benchmark tables")
+    p.add_argument("--benchmark_note", default=None,
+                   help="what the benchmark measured, shown above its tables (e.g. 'acceptance run on a shared core: "
+                        "tokens/s are not this head's speed')")
     p.add_argument("--training_args", default=None,
                    help="JSON file with training facts for the card (data, datasets, examples, tokens, max_steps, "
                         "learning_rate, per_device_train_batch_size, ...)")
@@ -328,7 +356,7 @@ def cmd_push(argv: list[str]) -> None:
     training = json.loads(Path(a.training_args).read_text(encoding="utf-8")) if a.training_args else None
     result = push_head(head, a.repo_id, private=a.private, token=a.token, dry_run_dir=a.dry_run,
                        commit_message=a.commit_message, training_args=training, benchmark=a.benchmark,
-                       base_model_license=a.license)
+                       base_model_license=a.license, benchmark_note=a.benchmark_note)
     where = f"written to {result.folder} (dry run, nothing uploaded)" if result.dry_run else f"uploaded: {result.commit_url}"
     print(f"{a.repo_id}: {len(result.files)} files {where}")
     for name in result.files:
