@@ -189,7 +189,7 @@ if [[ $STEP == ship ]]; then  # the heads at the run's last step, with the held-
   # The card's benchmark is the learning curve's acceptance run, not a speed run: say so, and where speed is
   BENCH_NOTE="This is the held-out acceptance run of the learning curve ($OUT/): \
 40 ShareGPT questions never trained on, float32, one thread, a static tree of 8 tokens (depth 3, top-k 4), \
-on a 2-core machine with a training run on the other core. Read its tau (tokens per target forward); its tokens/s and speed-up \
+on a 2-core machine, usually with a training run on the other core. Read its tau (tokens per target forward); its tokens/s and speed-up \
 are not this head's speed. Speed-ups per machine and dtype, with tuned and adaptive trees, are in the fspad-hf \
 README's benchmark grid (benchmarks/results/grid-summary.md)."
   ckpt=$RUN/checkpoint-$STEPS; [[ -d $ckpt ]] || ckpt=$CARRY  # the carry holds int8 weights: dequantized
