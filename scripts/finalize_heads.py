@@ -93,10 +93,12 @@ def main():
     out = heads_dir() / a.name
     if a.card_only and not (out / "config.json").is_file():
         raise SystemExit(f"--card_only: no shipped head at {out}; finalize it without --card_only first.")
-    head = FSPADDraftModel.from_pretrained(out if a.card_only else ckpt)
-    head = head if a.card_only else head.to(torch.bfloat16)
-    if a.tree and not a.card_only:
-        head.config.tree_total_tokens, head.config.tree_depth, head.config.tree_top_k = (int(x) for x in a.tree.split(","))
+    if a.card_only:  # the shipped head as it is: its weights, storage and tree are left alone
+        head = FSPADDraftModel.from_pretrained(out)
+    else:
+        head = FSPADDraftModel.from_pretrained(ckpt).to(torch.bfloat16)
+        if a.tree:
+            head.config.tree_total_tokens, head.config.tree_depth, head.config.tree_top_k = (int(x) for x in a.tree.split(","))
     training = {
         "data": a.data,
         "max_steps": metrics["max_steps"],
