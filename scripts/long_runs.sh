@@ -10,6 +10,7 @@
 #   bash scripts/long_runs.sh curve       # benchmarks/results/learning-curve-smollm2/{curve.md,curve.png}
 #   PHASE=poss bash scripts/long_runs.sh train  # after the pair: PosS-2 initialised from its final FSPAD head
 #   PHASE=pair2 bash scripts/long_runs.sh train # after the pair: the pair again on new data, from its final heads
+#   PHASE=poss2 bash scripts/long_runs.sh train # after pair2: PosS-2 again, from pair2's final FSPAD head, fresh data
 #   bash scripts/long_runs.sh ship        # the final heads -> src/fspad_hf/heads/<target>-<method> (+ cards)
 #   CARD_ONLY=1 bash scripts/long_runs.sh ship  # rebuild only the shipped heads' cards (after a template change)
 #
@@ -35,7 +36,7 @@ PAIR=${PAIR:-smollm2}
 case $PAIR in
   smollm2) TARGET=smollm2; RUN=runs/long/pair; CARRY=milestones/smollm2-pair; OUT=benchmarks/results/learning-curve-smollm2
            DEFAULT_STEPS=12000; DEFAULT_ANNEAL=3500; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500
-           PAIR2_DATA=sharegpt:4500-13500; PAIR2_NOTE="every assistant turn of ShareGPT conversations 4500-13499 (new data, about one epoch in 12,000 steps)"
+           PAIR2_DATA=sharegpt:4500-13500; POSS2_DATA=sharegpt:13500-17000; PAIR2_NOTE="every assistant turn of ShareGPT conversations 4500-13499 (new data, about one epoch in 12,000 steps)"
            SHIPPED_NOTE="3,000 steps on ~3.3k first-turn examples, multi-epoch"; GOAL=2.6; INT8=(); DEFAULT_POSS_STEPS=1500
            DATA_NOTE="2,748 self-distilled SmolLM2 answers + every assistant turn of ShareGPT conversations 0-4499" ;;
   # Qwen: the 768 committed self-distilled answers and ShareGPT 0-2500 all turns (~5.4M tokens)
@@ -75,11 +76,12 @@ DATA=${DATA:-$DEFAULT_DATA}
 PHASE=${PHASE:-pair}
 PAIR_STEPS=$STEPS  # a PosS milestone is named by its lineage's total step (pair + PosS steps): the curve's x axis
 GROUP=1  # the phase trains a head group (one subfolder per head in its checkpoints)
-need_pair_carry() {
+need_pair_carry() {  # [carry folder, its run's last step]: a phase starts from a finished phase's carry
+  local carry=${1:-$CARRY} steps=${2:-$STEPS}
   [[ $STEP == train ]] || return 0
-  [[ -f $CARRY/trainer_state.json ]] || { echo "no pair carry in $CARRY: train the pair first" >&2; exit 1; }
-  at=$(python -c "import json; print(json.load(open('$CARRY/trainer_state.json'))['global_step'])")
-  (( at >= STEPS )) || { echo "the pair carry is at step $at of $STEPS: finish the pair (and carry) first" >&2; exit 1; }
+  [[ -f $carry/trainer_state.json ]] || { echo "no carry in $carry: train (and carry) the phase it starts from first" >&2; exit 1; }
+  at=$(python -c "import json; print(json.load(open('$carry/trainer_state.json'))['global_step'])")
+  (( at >= steps )) || { echo "the carry $carry is at step $at of $steps: finish that phase (and carry) first" >&2; exit 1; }
 }
 case $PHASE in
   pair) METHODS="eagle2 fspad"; HEAD_ARGS=(--method eagle2,fspad); LR=${LR:-5e-4} ;;
@@ -98,7 +100,20 @@ case $PHASE in
         # top-1 at position 1 fell from 0.633 to 0.582 within 150 steps (session 13) before PosS had learned anything
         LR=${POSS_LR:-1e-4}
         HEAD_ARGS=(--method fspad --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 --init_from "$INIT") ;;
-  *) echo "PHASE must be pair, pair2 or poss, got '$PHASE'" >&2; exit 2 ;;
+  # PHASE=poss2: the PosS-2 recipe of PHASE=poss, initialised from pair2's final FSPAD head (lineage step pair +
+  # pair2 steps), on fresh conversations (POSS2_DATA: after pair2's, before the held-out ones >= 17000). Its
+  # milestones are poss2-<lineage step>.json, priced by data-from-12000.json (which lists poss2) and by its own
+  # data-from-<lineage step>.json; it ships as <target>-poss, replacing the PosS head from the first pair.
+  poss2) [[ -n ${POSS2_DATA:-} ]] || { echo "PHASE=poss2 follows PHASE=pair2, which PAIR=$PAIR has not run" >&2; exit 2; }
+        P2_STEPS=${PAIR2_STEPS:-12000}; INIT=${CARRY}2/fspad
+        need_pair_carry "${CARRY}2" "$P2_STEPS"
+        if [[ -z $DATA_SET ]]; then DATA=$POSS2_DATA; fi
+        DATA_NOTE="every assistant turn of ShareGPT conversations ${POSS2_DATA#sharegpt:} (new data)"
+        GROUP=0; PAIR_STEPS=$((STEPS + P2_STEPS))
+        RUN=${RUN}2-poss; CARRY=${CARRY%-pair}-poss2; STEPS=${POSS_STEPS:-$DEFAULT_POSS_STEPS}; ANNEAL=${POSS_ANNEAL:-500}
+        METHODS=poss2; MILESTONE=${POSS_MILESTONE:-500}; LR=${POSS_LR:-1e-4}
+        HEAD_ARGS=(--method fspad --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 --init_from "$INIT") ;;
+  *) echo "PHASE must be pair, pair2, poss or poss2, got '$PHASE'" >&2; exit 2 ;;
 esac
 # The target's dtype (and the heads' autocast) is the one that makes a step cheaper on this CPU, measured once
 # (scripts/pick_train_dtype.py): bf16 where the CPU has bf16 matrix instructions, fp32 where it has not (5x
@@ -170,7 +185,7 @@ fi
 if [[ $STEP == data || $STEP == all ]]; then  # what one training step sees, for the curve's x axis
   # a phase on other data prices its steps by its own file (benchmarks/learning_curve.py, data-from-<N>.json)
   # (the methods whose lineage it prices: a PosS head continued on the first data keeps the first pricing)
-  data_file=$OUT/data.json; [[ $PHASE == pair2 ]] && data_file=$OUT/data-from-$PAIR_STEPS.json
+  data_file=$OUT/data.json; [[ $PHASE == pair2 || $PHASE == poss2 ]] && data_file=$OUT/data-from-$PAIR_STEPS.json
   [[ -f $data_file ]] || python - "$DATA" "$data_file" "$TARGET" "$METHODS" <<'EOF'
 import json, sys
 from fspad_hf.cli import DataArguments, _conversations, _tokenize
@@ -197,7 +212,7 @@ README's benchmark grid (benchmarks/results/grid-summary.md)."
   (( at == STEPS )) || { echo "$ckpt is at step $at, not the run's last step $STEPS: train (and carry) first" >&2; exit 1; }
   pre=0; [[ $PHASE == pair ]] || pre=$PAIR_STEPS
   # tokens seen by the lineage (a later phase's steps priced by its own data), examples of this phase's data
-  data_file=$OUT/data.json; [[ $PHASE == pair2 ]] && data_file=$OUT/data-from-$PAIR_STEPS.json
+  data_file=$OUT/data.json; [[ $PHASE == pair2 || $PHASE == poss2 ]] && data_file=$OUT/data-from-$PAIR_STEPS.json
   examples=$(python -c "import json; print(json.load(open('$data_file'))['examples'])")
   for method in $METHODS; do
     tokens=$(python -c "from benchmarks.learning_curve import read_phases, seen; from pathlib import Path; print(round(seen($pre + $STEPS, read_phases(Path('$OUT'), '$method'))))")
@@ -206,7 +221,9 @@ README's benchmark grid (benchmarks/results/grid-summary.md)."
     folder=$ckpt/$method; (( GROUP )) || folder=$ckpt
     init=""; [[ $PHASE == poss ]] && init=", initialised from the pair's FSPAD head at step $PAIR_STEPS"
     [[ $PHASE == pair2 ]] && init=", initialised from the pair's $method head at step $PAIR_STEPS (trained on $DEFAULT_DATA)"
-    python scripts/finalize_heads.py --checkpoint "$folder" --name "$TARGET-$method" --tree 8,3,4 "${INT8[@]}" \
+    [[ $PHASE == poss2 ]] && init=", initialised from the FSPAD head at lineage step $PAIR_STEPS (the pair, then pair2 on $PAIR2_DATA)"
+    name=$method; [[ $PHASE == poss2 ]] && name=poss  # the newest PosS head replaces the first one
+    python scripts/finalize_heads.py --checkpoint "$folder" --name "$TARGET-$name" --tree 8,3,4 "${INT8[@]}" \
       --data "$DATA_NOTE ($examples windows of <= 448 tokens, all turns, online $TRAIN_DTYPE target features)$init" \
       --lr_schedule "100-step warm-up, constant $LR, linear anneal to 0 over the last $ANNEAL steps (AdamW and warm-up restarted at each carry to another machine)" \
       --tokens "$tokens" --heldout "$heldout" --benchmark "$heldout" --command "bash scripts/long_runs.sh train (PAIR=$PAIR PHASE=$PHASE)" \

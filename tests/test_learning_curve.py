@@ -72,3 +72,24 @@ def test_trend_fits_the_first_phase_and_tests_a_later_phase_against_it(tmp_path)
     # the fit is +0.1 per doubling over the first three points only (with the fourth it would be flatter)
     assert "| fspad | 3 | +0.100 | - | - |" in text
     assert "| fspad | 3000 | 4.00M | 1.750 | 1.800 | -0.050 |" in text
+
+
+def test_a_head_continued_from_a_later_phase_is_priced_through_every_phase_of_its_lineage(tmp_path):
+    """PosS from pair2's FSPAD head (PHASE=poss2): the first data, pair2's data, then its own fresh data."""
+    from benchmarks.learning_curve import read_phases, seen
+
+    _two_phases(tmp_path)
+    data = json.loads((tmp_path / "data-from-2000.json").read_text())
+    (tmp_path / "data-from-2000.json").write_text(json.dumps({**data, "methods": ["fspad", "poss2"]}))
+    (tmp_path / "data-from-3000.json").write_text(json.dumps({"source": "c", "examples": 5, "batch_size": 4,
+                                                               "mean_tokens": 125.0, "mean_loss_tokens": 50.0,
+                                                               "methods": ["poss2"]}))
+    assert seen(3500, read_phases(tmp_path, "poss2")) == 2e6 + 2e6 + 500 * 500
+    assert seen(3500, read_phases(tmp_path, "fspad")) == 2e6 + 1500 * 2000  # fspad stays on pair2's data
+    for step, tau in ((1000, 1.6), (2000, 1.7), (3000, 1.8)):
+        _bench(tmp_path / f"fspad-{step}.json", "fspad", tau)
+    _bench(tmp_path / "poss2-3500.json", "poss2", 1.95)
+    main([str(tmp_path)])
+    text = (tmp_path / "curve.md").read_text()
+    assert "| poss2 | 3500 | 4.25M |" in text
+    assert "| poss2 |" not in text.split("Trend")[1]  # no first-phase points: no fit, no row
