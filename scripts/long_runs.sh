@@ -83,6 +83,7 @@ need_pair_carry() {  # [carry folder, its run's last step]: a phase starts from 
   at=$(python -c "import json; print(json.load(open('$carry/trainer_state.json'))['global_step'])")
   (( at >= steps )) || { echo "the carry $carry is at step $at of $steps: finish that phase (and carry) first" >&2; exit 1; }
 }
+POSS_ARGS=(--method fspad --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3)  # PosS-2, HASS-unrolled 3 steps
 case $PHASE in
   pair) METHODS="eagle2 fspad"; HEAD_ARGS=(--method eagle2,fspad); LR=${LR:-5e-4} ;;
   pair2) need_pair_carry
@@ -99,7 +100,7 @@ case $PHASE in
         # 1e-4, not the pair's 5e-4: the FSPAD head it starts from was annealed to LR 0, and at 5e-4 its training
         # top-1 at position 1 fell from 0.633 to 0.582 within 150 steps (session 13) before PosS had learned anything
         LR=${POSS_LR:-1e-4}
-        HEAD_ARGS=(--method fspad --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 --init_from "$INIT") ;;
+        HEAD_ARGS=("${POSS_ARGS[@]}" --init_from "$INIT") ;;
   # PHASE=poss2: the PosS-2 recipe of PHASE=poss, initialised from pair2's final FSPAD head (lineage step pair +
   # pair2 steps), on fresh conversations (POSS2_DATA: after pair2's, before the held-out ones >= 17000). Its
   # milestones are poss2-<lineage step>.json, priced by data-from-12000.json (which lists poss2) and by its own
@@ -112,7 +113,7 @@ case $PHASE in
         GROUP=0; PAIR_STEPS=$((STEPS + P2_STEPS))
         RUN=${RUN}2-poss; CARRY=${CARRY%-pair}-poss2; STEPS=${POSS_STEPS:-$DEFAULT_POSS_STEPS}; ANNEAL=${POSS_ANNEAL:-500}
         METHODS=poss2; MILESTONE=${POSS_MILESTONE:-500}; LR=${POSS_LR:-1e-4}
-        HEAD_ARGS=(--method fspad --num_draft_layers 2 --positions_per_layer 2 --unroll_steps 3 --init_from "$INIT") ;;
+        HEAD_ARGS=("${POSS_ARGS[@]}" --init_from "$INIT") ;;
   *) echo "PHASE must be pair, pair2, poss or poss2, got '$PHASE'" >&2; exit 2 ;;
 esac
 # The target's dtype (and the heads' autocast) is the one that makes a step cheaper on this CPU, measured once
