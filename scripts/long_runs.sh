@@ -36,7 +36,7 @@ PAIR=${PAIR:-smollm2}
 case $PAIR in
   smollm2) TARGET=smollm2; RUN=runs/long/pair; CARRY=milestones/smollm2-pair; OUT=benchmarks/results/learning-curve-smollm2
            DEFAULT_STEPS=12000; DEFAULT_ANNEAL=3500; DEFAULT_DATA=data/smollm2/distilled.jsonl:2748,sharegpt:0-4500
-           PAIR2_DATA=sharegpt:4500-13500; POSS2_DATA=sharegpt:13500-17000; POSS2_NOTE=13500-16999; PAIR2_NOTE="every assistant turn of ShareGPT conversations 4500-13499 (new data, about one epoch in 12,000 steps)"
+           PAIR2_DATA=sharegpt:4500-13500; POSS2_DATA=sharegpt:13500-17000; PAIR2_NOTE="every assistant turn of ShareGPT conversations 4500-13499 (new data, about one epoch in 12,000 steps)"
            SHIPPED_NOTE="3,000 steps on ~3.3k first-turn examples, multi-epoch"; GOAL=2.6; INT8=(); DEFAULT_POSS_STEPS=1500
            DATA_NOTE="2,748 self-distilled SmolLM2 answers + every assistant turn of ShareGPT conversations 0-4499" ;;
   # Qwen: the 768 committed self-distilled answers and ShareGPT 0-2500 all turns (~5.4M tokens)
@@ -109,7 +109,8 @@ case $PHASE in
         P2_STEPS=${PAIR2_STEPS:-12000}; INIT=${CARRY}2/fspad
         need_pair_carry "${CARRY}2" "$P2_STEPS"
         if [[ -z $DATA_SET ]]; then DATA=$POSS2_DATA; fi
-        DATA_NOTE="every assistant turn of ShareGPT conversations $POSS2_NOTE (new data)"
+        range=${POSS2_DATA#sharegpt:}  # a half-open range a-b: conversations a to b-1
+        DATA_NOTE="every assistant turn of ShareGPT conversations ${range%-*}-$(( ${range#*-} - 1 )) (new data)"
         GROUP=0; PAIR_STEPS=$((STEPS + P2_STEPS))
         RUN=${RUN}2-poss; CARRY=${CARRY%-pair}-poss2; STEPS=${POSS_STEPS:-$DEFAULT_POSS_STEPS}; ANNEAL=${POSS_ANNEAL:-500}
         METHODS=poss2; MILESTONE=${POSS_MILESTONE:-500}; LR=${POSS_LR:-1e-4}
